@@ -1,0 +1,260 @@
+"""The one field registry: every flow field is declared here once.
+
+Two tables live in this module:
+
+* ``COLUMNS``: the flow record, the memory layout the fast path writes (``flow_record_t`` in
+  ``_fastpath.pxd``, natural alignment, same order). ``RECORD_DTYPE`` is built from it and checked
+  against the C struct when the extension is imported.
+* ``FIELDS``: the exported fields, with nProbe's name, the NetFlow v9 id and the IPFIX
+  (enterprise, element) id. A field reads one column (``column``) through a ``kind`` that says how
+  to turn it into a value (address text, seconds from milliseconds, a six-bin vector...).
+
+ntop's own elements use PEN 35632; in NetFlow v9 numbering (and on ntopng's ZeroMQ wire) element
+``n`` is ``57472 + n``. Fields with neither id (the per-direction vectors) are exported by name
+only, in JSON, msgpack and TLV string keys; NetFlow/IPFIX templates cannot carry them.
+"""
+from __future__ import annotations
+
+import difflib
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+NTOP_PEN = 35632
+NTOP_BASE_ID = 57472
+
+# --- the flow record -------------------------------------------------------------------------
+# (column, numpy type, count). The order matches flow_record_t in _fastpath.pxd.
+COLUMNS: list[tuple[str, str, int]] = [
+    ("first_ms", "u8", 1),          # epoch milliseconds of the first packet of this slice
+    ("last_ms", "u8", 1),
+    ("in_bytes", "u8", 1),          # client -> server, IP-layer bytes
+    ("in_pkts", "u8", 1),
+    ("out_bytes", "u8", 1),         # server -> client
+    ("out_pkts", "u8", 1),
+    ("src_addr", "u1", 16),         # client address; IPv4 in the first 4 bytes
+    ("dst_addr", "u1", 16),         # server address
+    ("exporter_addr", "u1", 16),    # collector: the router that exported the flow
+    ("src_frags", "u4", 1),
+    ("dst_frags", "u4", 1),
+    ("input_snmp", "u4", 1),
+    ("output_snmp", "u4", 1),
+    ("observation_point", "u4", 1),
+    ("src_port", "u2", 1),
+    ("dst_port", "u2", 1),
+    ("vlan", "u2", 1),              # 802.1Q tag in the flow key: the last (customer) tag
+    ("outer_vlan", "u2", 1),        # QinQ: the first (service) tag
+    ("icmp_type", "u2", 1),         # type * 256 + code, ICMP and ICMPv6
+    ("seq_plen", "u2", 6),          # behaviour features, see DESIGN.md
+    ("seq_tdiff", "u2", 6),
+    ("seq_plen_c2s", "u2", 6),
+    ("seq_plen_s2c", "u2", 6),
+    ("seq_tdiff_c2s", "u2", 6),
+    ("seq_tdiff_s2c", "u2", 6),
+    ("entropy_c2s", "u2", 1),       # bits per byte x 1000
+    ("entropy_s2c", "u2", 1),
+    ("src_mac", "u1", 6),
+    ("dst_mac", "u1", 6),
+    ("ip_version", "u1", 1),
+    ("protocol", "u1", 1),
+    ("client_tcp_flags", "u1", 1),
+    ("server_tcp_flags", "u1", 1),
+    ("src_tos", "u1", 1),
+    ("dst_tos", "u1", 1),
+    ("end_reason", "u1", 1),        # END_REASONS
+    ("flow_source", "u1", 1),       # 0 packets, 1 NetFlow/IPFIX, 2 sFlow (ntopng's FLOW_SOURCE)
+    ("tunnel", "u1", 1),            # TUNNELS: outermost tunnel the flow was carried in
+    ("exporter_ip_version", "u1", 1),
+]
+
+
+def _dtype() -> np.dtype:
+    parts = []
+    for name, typ, count in COLUMNS:
+        parts.append((name, typ, (count,)) if count > 1 else (name, typ))
+    return np.dtype(parts, align=True)
+
+
+RECORD_DTYPE = _dtype()
+
+# end_reason values, in the order of the C enum, and the IPFIX flowEndReason (136) each maps to:
+# 1 idle timeout, 2 active timeout, 3 end of flow detected, 4 forced end
+END_REASONS = ("idle", "active", "fin", "rst", "end", "collected")
+END_REASON_IPFIX = (1, 2, 3, 3, 4, 0)
+# tunnel values, in the order of the C enum
+TUNNELS = ("none", "gre", "ipip", "gtpu", "vxlan", "tzsp", "capwap", "erspan")
+
+
+# --- the exported fields ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    name: str                  # nProbe's name
+    v9: Optional[int]          # NetFlow v9 id (ntop elements: 57472 + n)
+    pen: Optional[int]         # IPFIX enterprise number (0 = IANA)
+    element: Optional[int]     # IPFIX element id within pen
+    column: str                # record column read
+    kind: str                  # how the column becomes a value: see value_of()
+    length: int                # NetFlow/IPFIX length in bytes (0 = not exportable there)
+    description: str
+
+
+def _f(name: str, v9: Optional[int], column: str, kind: str, length: int, description: str) -> Field:
+    if v9 is None:
+        pen = element = None
+    elif v9 >= NTOP_BASE_ID:
+        pen, element = NTOP_PEN, v9 - NTOP_BASE_ID
+    else:
+        pen, element = 0, v9
+    return Field(name, v9, pen, element, column, kind, length, description)
+
+
+# kinds: "uint" (the column as an integer), "ipv4"/"ipv6" (address text; present only for that IP
+# version), "mac", "sec" (epoch seconds from milliseconds), "ms" (epoch milliseconds),
+# "bins" (six-integer vector), "flags_or" (client | server TCP flags), "exporter_v4"/"exporter_v6",
+# "end_reason" (text), "icmp" (type*256+code, present only for ICMP/ICMPv6).
+FIELDS: tuple[Field, ...] = (
+    _f("IN_BYTES", 1, "in_bytes", "uint", 8, "bytes client to server"),
+    _f("IN_PKTS", 2, "in_pkts", "uint", 8, "packets client to server"),
+    _f("PROTOCOL", 4, "protocol", "uint", 1, "IP protocol number"),
+    _f("SRC_TOS", 5, "src_tos", "uint", 1, "TOS/DSCP client to server"),
+    _f("TCP_FLAGS", 6, "client_tcp_flags", "flags_or", 1, "OR of the TCP flags of both directions"),
+    _f("L4_SRC_PORT", 7, "src_port", "uint", 2, "client port"),
+    _f("IPV4_SRC_ADDR", 8, "src_addr", "ipv4", 4, "client IPv4 address"),
+    _f("INPUT_SNMP", 10, "input_snmp", "uint", 4, "ingress interface index"),
+    _f("L4_DST_PORT", 11, "dst_port", "uint", 2, "server port"),
+    _f("IPV4_DST_ADDR", 12, "dst_addr", "ipv4", 4, "server IPv4 address"),
+    _f("OUTPUT_SNMP", 14, "output_snmp", "uint", 4, "egress interface index"),
+    _f("LAST_SWITCHED", 21, "last_ms", "sec", 4, "last packet, epoch seconds"),
+    _f("FIRST_SWITCHED", 22, "first_ms", "sec", 4, "first packet, epoch seconds"),
+    _f("OUT_BYTES", 23, "out_bytes", "uint", 8, "bytes server to client"),
+    _f("OUT_PKTS", 24, "out_pkts", "uint", 8, "packets server to client"),
+    _f("IPV6_SRC_ADDR", 27, "src_addr", "ipv6", 16, "client IPv6 address"),
+    _f("IPV6_DST_ADDR", 28, "dst_addr", "ipv6", 16, "server IPv6 address"),
+    _f("ICMP_TYPE", 32, "icmp_type", "icmp", 2, "ICMP type * 256 + code"),
+    _f("DST_TOS", 55, "dst_tos", "uint", 1, "TOS/DSCP server to client"),
+    _f("IN_SRC_MAC", 56, "src_mac", "mac", 6, "client MAC address"),
+    _f("OUT_DST_MAC", 57, "src_mac", "mac", 6, "client MAC address, as destination of replies"),
+    _f("SRC_VLAN", 58, "vlan", "uint", 2, "VLAN id (the last, customer tag of QinQ)"),
+    _f("DST_VLAN", 59, "vlan", "uint", 2, "VLAN id (the last, customer tag of QinQ)"),
+    _f("IP_PROTOCOL_VERSION", 60, "ip_version", "uint", 1, "4 or 6"),
+    _f("IN_DST_MAC", 80, "dst_mac", "mac", 6, "server MAC address"),
+    _f("OUT_SRC_MAC", 81, "dst_mac", "mac", 6, "server MAC address, as source of replies"),
+    _f("EXPORTER_IPV4_ADDRESS", 130, "exporter_addr", "exporter_v4", 4, "router that exported the flow"),
+    _f("EXPORTER_IPV6_ADDRESS", 131, "exporter_addr", "exporter_v6", 16, "router that exported the flow"),
+    _f("FLOW_END_REASON", 136, "end_reason", "end_reason", 1, "IPFIX flowEndReason: 1 idle, 2 active, 3 FIN/RST, 4 end"),
+    _f("FLOW_START_MILLISECONDS", 152, "first_ms", "ms", 8, "first packet, epoch ms"),
+    _f("FLOW_END_MILLISECONDS", 153, "last_ms", "ms", 8, "last packet, epoch ms"),
+    _f("DOT1Q_SRC_VLAN", 243, "outer_vlan", "uint", 2, "outer (service) VLAN tag of QinQ"),
+    _f("OBSERVATION_POINT_ID", 300, "observation_point", "uint", 4, "observation point / domain"),
+    _f("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, "client_tcp_flags", "uint", 1, "TCP flags sent by the client"),
+    _f("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, "server_tcp_flags", "uint", 1, "TCP flags sent by the server"),
+    _f("SRC_FRAGMENTS", NTOP_BASE_ID + 80, "src_frags", "uint", 4, "IP fragments client to server"),
+    _f("DST_FRAGMENTS", NTOP_BASE_ID + 81, "dst_frags", "uint", 4, "IP fragments server to client"),
+    _f("SEQ_PLEN", NTOP_BASE_ID + 502, "seq_plen", "bins", 0, "payload-length bins, first 256 packets"),
+    _f("ENTROPY_CLIENT_BYTES", NTOP_BASE_ID + 503, "entropy_c2s", "uint", 2, "client payload byte entropy x1000"),
+    _f("ENTROPY_SERVER_BYTES", NTOP_BASE_ID + 504, "entropy_s2c", "uint", 2, "server payload byte entropy x1000"),
+    _f("SEQ_TDIFF", NTOP_BASE_ID + 505, "seq_tdiff", "bins", 0, "inter-arrival bins, first 256 packets"),
+    _f("FLOW_SOURCE", NTOP_BASE_ID + 579, "flow_source", "uint", 1, "0 packets, 1 NetFlow/IPFIX, 2 sFlow"),
+    # per-direction vectors: no id anywhere, exported by name only
+    _f("SEQ_PLEN_CLIENT", None, "seq_plen_c2s", "bins", 0, "payload-length bins, client packets"),
+    _f("SEQ_PLEN_SERVER", None, "seq_plen_s2c", "bins", 0, "payload-length bins, server packets"),
+    _f("SEQ_TDIFF_CLIENT", None, "seq_tdiff_c2s", "bins", 0, "inter-arrival bins, client packets"),
+    _f("SEQ_TDIFF_SERVER", None, "seq_tdiff_s2c", "bins", 0, "inter-arrival bins, server packets"),
+    _f("TUNNEL_TYPE", None, "tunnel", "tunnel", 0, "outermost tunnel the flow was carried in"),
+)
+
+BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+BY_V9: dict[int, Field] = {f.v9: f for f in FIELDS if f.v9 is not None}
+
+# The fields a plain dump shows (and the -T default): the flow key, counters, times, features.
+DEFAULT_TEMPLATE: tuple[str, ...] = (
+    "IPV4_SRC_ADDR", "IPV4_DST_ADDR", "IPV6_SRC_ADDR", "IPV6_DST_ADDR", "L4_SRC_PORT", "L4_DST_PORT",
+    "PROTOCOL", "IP_PROTOCOL_VERSION", "SRC_VLAN", "DOT1Q_SRC_VLAN", "ICMP_TYPE",
+    "IN_PKTS", "IN_BYTES", "OUT_PKTS", "OUT_BYTES", "FIRST_SWITCHED", "LAST_SWITCHED",
+    "FLOW_START_MILLISECONDS", "FLOW_END_MILLISECONDS", "CLIENT_TCP_FLAGS", "SERVER_TCP_FLAGS",
+    "SRC_TOS", "DST_TOS", "IN_SRC_MAC", "IN_DST_MAC", "SRC_FRAGMENTS", "DST_FRAGMENTS",
+    "FLOW_END_REASON", "TUNNEL_TYPE",
+    "SEQ_PLEN", "SEQ_TDIFF", "SEQ_PLEN_CLIENT", "SEQ_PLEN_SERVER", "SEQ_TDIFF_CLIENT",
+    "SEQ_TDIFF_SERVER", "ENTROPY_CLIENT_BYTES", "ENTROPY_SERVER_BYTES",
+)
+
+
+class UnknownField(ValueError):
+    pass
+
+
+def lookup(name: str) -> Field:
+    """The field called ``name``; an unknown name raises with the closest matches."""
+    try:
+        return BY_NAME[name.upper()]
+    except KeyError:
+        close = difflib.get_close_matches(name.upper(), BY_NAME, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownField(f"unknown field {name!r}{hint}") from None
+
+
+# --- values ----------------------------------------------------------------------------------
+def _ipv4_texts(raw: np.ndarray) -> list:
+    return [socket.inet_ntop(socket.AF_INET, b) for b in map(bytes, raw[:, :4])]
+
+
+def _ipv6_texts(raw: np.ndarray) -> list:
+    return [socket.inet_ntop(socket.AF_INET6, b) for b in map(bytes, raw)]
+
+
+def _mac_texts(raw: np.ndarray) -> list:
+    return [b.hex(":") for b in map(bytes, raw)]
+
+
+def field_values(field: Field, records: np.ndarray) -> list:
+    """The values of ``field`` for every record, as a list of Python values, None where the
+    field does not apply to a record (an IPv6 address on an IPv4 flow, ICMP type on TCP...).
+    Works column-wise: one numpy operation per field, not one per record."""
+    col = records[field.column]
+    kind = field.kind
+    if kind == "uint":
+        return col.tolist()
+    if kind in ("ipv4", "ipv6", "exporter_v4", "exporter_v6"):
+        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
+        want = 4 if kind.endswith("4") else 6
+        mask = version == want
+        out: list = [None] * len(records)
+        texts = (_ipv4_texts if want == 4 else _ipv6_texts)(col[mask])
+        for i, t in zip(np.flatnonzero(mask).tolist(), texts):
+            out[i] = t
+        return out
+    if kind == "mac":
+        return _mac_texts(col)
+    if kind == "sec":
+        return (col // 1000).tolist()
+    if kind == "ms":
+        return col.tolist()
+    if kind == "bins":
+        return col.tolist()
+    if kind == "flags_or":
+        return (records["client_tcp_flags"] | records["server_tcp_flags"]).tolist()
+    if kind == "icmp":
+        icmp = np.isin(records["protocol"], (1, 58))
+        return [v if ok else None for v, ok in zip(col.tolist(), icmp.tolist())]
+    if kind == "end_reason":
+        return np.asarray(END_REASON_IPFIX)[col].tolist()
+    if kind == "tunnel":
+        return [TUNNELS[v] for v in col.tolist()]
+    raise AssertionError(f"field kind {kind!r} has no value rule")
+
+
+def records_to_dicts(records: np.ndarray, names=DEFAULT_TEMPLATE) -> list[dict]:
+    """Records as [{NAME: value}], leaving out fields that do not apply to a record."""
+    fields = [BY_NAME[n] for n in names]
+    columns = [field_values(f, records) for f in fields]
+    out = []
+    for row in zip(*columns):
+        out.append({f.name: v for f, v in zip(fields, row) if v is not None})
+    return out
+
+
+def record_to_dict(rec, names=DEFAULT_TEMPLATE) -> dict:
+    """One record (a numpy row) as {NAME: value}."""
+    return records_to_dicts(np.asarray(rec).reshape(1), names)[0]
