@@ -756,6 +756,25 @@ cdef inline uint32_t link_header_len(const uint8_t* d, uint32_t cap, uint32_t lt
 
 
 # --- entropy histogram pool -------------------------------------------------------------------
+cdef enum:
+    XLOGX_SIZE = 4096
+cdef double XLOGX[XLOGX_SIZE]           # c * log2(c) for the common small counts
+
+
+cdef void _init_xlogx() noexcept:
+    cdef int c
+    XLOGX[0] = 0.0
+    for c in range(1, XLOGX_SIZE):
+        XLOGX[c] = <double>c * log2(<double>c)
+
+
+_init_xlogx()
+
+
+cdef inline double xlogx(uint32_t c) noexcept nogil:
+    return XLOGX[c] if c < XLOGX_SIZE else <double>c * log2(<double>c)
+
+
 cdef double entropy_bits(const uint32_t* h) noexcept nogil:
     cdef uint64_t total = 0
     cdef double acc = 0.0
@@ -766,8 +785,35 @@ cdef double entropy_bits(const uint32_t* h) noexcept nogil:
         return 0.0
     for i in range(256):
         if h[i]:
-            acc += <double>h[i] * log2(<double>h[i])
+            acc += xlogx(h[i])
     return log2(<double>total) - acc / <double>total
+
+
+cdef inline void hist_add(uint32_t* h, const uint8_t* q, uint32_t n) noexcept nogil:
+    """Count the bytes q[0:n] into h. Long payloads are counted into four interleaved 16-bit
+    sub-histograms first, so that runs of equal bytes do not serialise on one counter."""
+    cdef uint16_t c[4][256]
+    cdef uint32_t k = 0
+    cdef int i
+    if n < 256:
+        for k in range(n):
+            h[q[k]] += 1
+        return
+    while n - k > 65532:                        # keep every sub-count below 2^16
+        hist_add(h, q + k, 65532)
+        k += 65532
+    memset(c, 0, sizeof(c))
+    while k + 4 <= n:
+        c[0][q[k]] += 1
+        c[1][q[k + 1]] += 1
+        c[2][q[k + 2]] += 1
+        c[3][q[k + 3]] += 1
+        k += 4
+    while k < n:
+        c[0][q[k]] += 1
+        k += 1
+    for i in range(256):
+        h[i] += <uint32_t>c[0][i] + c[1][i] + c[2][i] + c[3][i]
 
 
 cdef inline uint16_t entropy_x1000(const uint32_t* h) noexcept nogil:
@@ -1156,9 +1202,7 @@ cdef class FlowTable:
     cdef void features_update(self, uint32_t i, flow_t* f, pkt_t* p, int d) noexcept nogil:
         cdef feat_t* ft = &self.feats[i]
         cdef uint8_t fl = p.tcp_flags
-        cdef uint32_t* h
-        cdef const uint8_t* q
-        cdef uint32_t k, b
+        cdef uint32_t b
         # TCP: the window opens after the three-way handshake (SYN, SYN-ACK, ACK are not in it)
         if not f.window_open:
             if f.proto != 6:
@@ -1203,10 +1247,7 @@ cdef class FlowTable:
             ft.plen[b] += 1
             ft.plen[6 * (1 + d) + b] += 1
             if ft.hist != NONE32 and p.payload_cap > 0:
-                h = self.hist(ft.hist) + 256 * d
-                q = p.payload
-                for k in range(p.payload_cap):
-                    h[q[k]] += 1
+                hist_add(self.hist(ft.hist) + 256 * d, p.payload, p.payload_cap)
         ft.window += 1
         if ft.window == WINDOW:
             self.close_window(ft)
@@ -1371,6 +1412,8 @@ cdef class FlowTable:
         return d
 
 
+MAP_POPULATE = getattr(__import__("mmap"), "MAP_POPULATE", 0)
+
 # --- pcap / pcapng reader ----------------------------------------------------------------------
 cdef class PcapReader:
     """Zero-copy reader of a pcap or pcapng file through mmap: ``next_batch`` fills a META_DTYPE
@@ -1399,7 +1442,11 @@ cdef class PcapReader:
         if self.size < 24:
             self._file.close()
             raise ValueError("not a pcap or pcapng file (only %d bytes)" % self.size)
-        self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        # pre-fault the mapping in one go: per-page faults cost more than reading the packets
+        self._mmap = mmap.mmap(self._file.fileno(), 0, flags=mmap.MAP_SHARED | MAP_POPULATE,
+                               prot=mmap.PROT_READ)
+        if hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(mmap.MADV_SEQUENTIAL)
         self.view = self._mmap
         self.pos = 0
         self.truncated = False

@@ -9,6 +9,8 @@ PCAPS = SHARED / "pcaps"
 
 
 def corpus_files():
+    if not PCAPS.is_dir():
+        return []
     return sorted(p for p in PCAPS.iterdir()
                   if p.suffix in (".pcap", ".pcapng", ".cap") and p.is_file())
 
