@@ -102,7 +102,7 @@ def test_table_full_is_a_counted_drop_not_a_crash(pcaps_dir):
     (["-i", str(CURL), "-f", "tcp and and"], "bad filter"),
     (["-w", "0", "-i", str(CURL)], "hash size must be between"),
     (["-t", "x", "-i", str(CURL)], "lifetime timeout must be an integer"),
-    (["-d", "-5", "-i", str(CURL)], "idle timeout must be between"),
+    (["-d", "0", "-i", str(CURL)], "idle timeout must be between"),
     (["--dump-format", "xml", "-i", str(CURL)], "invalid choice"),
     (["--no-such-flag", "-i", str(CURL)], "unrecognized arguments"),
     (["-n", "collector.example:2055", "-i", str(CURL)], "-n collector.example:2055"),
