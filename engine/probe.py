@@ -86,6 +86,9 @@ class Probe:
                 self._current = None
                 src.close()
             self._drain()
+            snap = self.snapshot()           # the final statistics reach the exporters too
+            for e in self.exporters:
+                e.tick(snap)
         finally:
             for e in self.exporters:
                 e.close()

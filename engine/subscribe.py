@@ -1,0 +1,243 @@
+"""The receiving side of flowprobe's (and nProbe's) ZeroMQ export: what ntopng does, in Python.
+
+    from engine.subscribe import Subscriber
+    with Subscriber(["tcp://127.0.0.1:5556"]) as sub:            # connect, like ntopng -i tcp://..
+        for msg in sub.messages(timeout=5):
+            print(msg.topic, msg.header.msg_id, msg.payload)
+
+``Subscriber(endpoints, bind=False, secret_key=None)``: one SUB socket per endpoint, subscribed to
+ntopng's nine topics; ``bind=True`` (or an endpoint ending in ``c``, as ntopng's ``tcp://*:5556c``)
+binds instead of connecting. ``secret_key`` (Z85) makes it a CURVE server, as ntopng with
+``--zmq-encryption``. Each message is decompressed and decoded: TLV flows to a list of dicts keyed
+by numeric id (or string label), JSON to Python objects, msgpack (flowprobe's schema) to a dict.
+``names(flow)`` turns numeric keys into registry names.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import zmq
+
+from engine.export import tlv
+
+TOPICS = (b"flow", b"event", b"counter", b"template", b"option", b"hello", b"listening-ports",
+          b"snmp-ifaces", b"message")
+MAX_PAYLOAD = 131072
+
+
+class DecodeError(ValueError):
+    pass
+
+
+@dataclass
+class Header:
+    topic: str
+    length: int            # header frame length: 24, 28, 36 or 40
+    version: int
+    flags: int
+    uncompressed_size: int  # offset 20 (BE) of a 36-byte header
+    size24: int            # offset 24 (LE) of a 36-byte header
+    msg_id: int
+    source_id: int
+
+    @property
+    def tlv(self) -> bool:
+        return self.length == 36 and self.version == 4 and bool(self.flags & 0x02)
+
+    @property
+    def compressed(self) -> bool:
+        return self.length == 36 and self.version == 4 and bool(self.flags & 0x04)
+
+
+@dataclass
+class Message:
+    topic: str
+    header: Header
+    payload: Any           # flows: list of dicts; event: dict; ...
+    raw_size: int          # payload frame length as received
+    format: str            # "tlv", "json", "msgpack"
+
+
+def parse_header(frame: bytes) -> Header:
+    n = len(frame)
+    if n == 36:
+        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
+        version, flags = frame[16], frame[17]
+        usize = struct.unpack_from(">I", frame, 20)[0]
+        size24 = struct.unpack_from("<I", frame, 24)[0]
+        msg_id = struct.unpack_from(">I", frame, 28)[0]
+        source_id = struct.unpack_from("<I", frame, 32)[0]
+        if version != 4:
+            msg_id = source_id = 0
+            flags = 0
+        return Header(topic, n, version, flags, usize, size24, msg_id, source_id)
+    if n == 24:
+        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
+        version = frame[16]
+        msg_id = struct.unpack_from("<I" if version == 1 else ">I", frame, 20)[0]
+        return Header(topic, n, version, 0, 0, 0, msg_id, 0 if version == 1 else frame[17])
+    if n == 28:
+        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
+        version = frame[16]
+        msg_id = struct.unpack_from("<I" if version == 1 else ">I", frame, 20)[0]
+        sid = 0 if version == 1 else struct.unpack_from("<I", frame, 24)[0]
+        return Header(topic, n, version, 0, 0, 0, msg_id, sid)
+    if n == 40:
+        topic = frame[:32].split(b"\0", 1)[0].decode(errors="replace")
+        version = struct.unpack_from("<I", frame, 32)[0]
+        return Header(topic, n, version, 0, 0, 0, 0, 0)
+    raise DecodeError(f"unsupported header length {n}")
+
+
+def decode_payload(header: Header, payload: bytes) -> tuple[Any, str]:
+    """(decoded payload, format name) as ntopng would read it."""
+    if len(payload) > MAX_PAYLOAD:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    data = payload
+    if header.compressed:
+        try:
+            data = zlib.decompress(payload)
+        except zlib.error as e:
+            raise DecodeError(f"uncompress error: {e}") from None
+    elif header.length != 36 and payload[:1] == b"\0":       # legacy: marker byte + zlib
+        data = zlib.decompress(payload[1:])
+    first = header.topic[:1]
+    if header.tlv and first in ("f", "c"):
+        return tlv.decode(data), "tlv"
+    if header.length == 24 and header.version == 3 or header.length == 28 and header.version == 3:
+        return tlv.decode(data), "tlv"
+    lead = data.lstrip()[:1]
+    if lead in (b"{", b"[") or not lead:
+        try:
+            return json.loads(data), "json"
+        except ValueError as e:
+            raise DecodeError(f"invalid JSON: {e}") from None
+    try:
+        import msgpack
+        return msgpack.unpackb(data, raw=False, strict_map_key=False), "msgpack"
+    except Exception as e:
+        raise DecodeError(f"neither JSON nor msgpack: {e}") from None
+
+
+def flows_of(msg: Message) -> list[dict]:
+    """The flows of a `flow` message as a list of dicts, whatever the format."""
+    p = msg.payload
+    if msg.format == "msgpack" and isinstance(p, dict):
+        return list(p.get("flows", []))
+    if isinstance(p, dict):
+        return [p]
+    return list(p)
+
+
+def names(flow: dict) -> dict:
+    """Numeric keys (ints or digit strings) replaced by registry names where known; values as sent
+    (TLV six-bin vectors arrive as "a,b,c,d,e,f" text)."""
+    from engine.export.templates import PROBE_FIELDS
+    from engine.fields import BY_V9
+    by_id = {p.v9: p.name for p in PROBE_FIELDS.values()}
+    by_id.update({k: f.name for k, f in BY_V9.items()})
+    out = {}
+    for k, v in flow.items():
+        if isinstance(k, str) and k.isdigit():
+            k = int(k)
+        out[by_id.get(k, k) if isinstance(k, int) else k] = v
+    return out
+
+
+def generate_keypair() -> tuple[str, str]:
+    """(public, secret) Z85 CURVE keys: give the secret to the subscriber (our ntopng side) and the
+    public key to flowprobe --zmq-encryption-key."""
+    pub, sec = zmq.curve_keypair()
+    return pub.decode(), sec.decode()
+
+
+class Subscriber:
+    def __init__(self, endpoints, bind: bool = False, secret_key: Optional[str] = None,
+                 topics=TOPICS, rcvhwm: int = 0, rcvbuf: int = 8388608, ctx=None):
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self.ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.sockets = []
+        self.poller = zmq.Poller()
+        for ep in endpoints:
+            do_bind = bind
+            if ep.endswith("c") and ep.rsplit(":", 1)[-1][:-1].isdigit():
+                ep, do_bind = ep[:-1], True
+            s = self.ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            if rcvbuf:
+                s.setsockopt(zmq.RCVBUF, rcvbuf)
+            if rcvhwm:
+                s.setsockopt(zmq.RCVHWM, rcvhwm)
+            if secret_key:
+                sk = secret_key.encode() if isinstance(secret_key, str) else secret_key
+                s.curve_server = True
+                s.curve_secretkey = sk
+                s.curve_publickey = zmq.curve_public(sk)
+            for t in topics:
+                s.setsockopt(zmq.SUBSCRIBE, t)
+            if do_bind:
+                s.bind(ep)
+            else:
+                s.connect(ep)
+            self.sockets.append(s)
+            self.poller.register(s, zmq.POLLIN)
+        self.errors: list[str] = []
+
+    def recv_raw(self, timeout: Optional[float] = None) -> Optional[tuple[bytes, bytes]]:
+        """(header frame, payload frame) of the next message, or None on timeout."""
+        events = dict(self.poller.poll(None if timeout is None else int(timeout * 1000)))
+        for s in self.sockets:
+            if s in events:
+                frames = s.recv_multipart()
+                if len(frames) != 2:
+                    self.errors.append(f"message with {len(frames)} frames")
+                    return frames[0], b"".join(frames[1:])
+                return frames[0], frames[1]
+        return None
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
+        raw = self.recv_raw(timeout)
+        if raw is None:
+            return None
+        hdr, payload = raw
+        h = parse_header(hdr)
+        p, fmt = decode_payload(h, payload)
+        return Message(h.topic, h, p, len(payload), fmt)
+
+    def messages(self, timeout: Optional[float] = None, idle: Optional[float] = None
+                 ) -> Iterator[Message]:
+        """Messages until ``timeout`` seconds in all, or ``idle`` seconds without one."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = idle
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                wait = left if wait is None else min(wait, left)
+            m = self.recv(wait)
+            if m is None:
+                if idle is not None:
+                    return
+                continue
+            yield m
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close(0)
+        self.sockets = []
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
