@@ -109,6 +109,8 @@ ctypedef struct pkt_t:
     uint8_t have_mac
     uint8_t vlans_seen
     uint32_t outer_ip_len        # total length the outermost IP header claims
+    uint32_t l2_len              # bytes before the outermost IP header: the link-layer header
+    const uint8_t* frame         # start of the frame, to measure l2_len
 
 # First fragment's flow key, so that later fragments of the same datagram reach the same flow.
 ctypedef struct frag_t:
@@ -473,8 +475,6 @@ cdef int decode_l4(const uint8_t* d, uint32_t cap, uint32_t l4len, pkt_t* p, fra
         p.sport = be16(d)
         p.dport = be16(d + 2)
         p.tcp_flags = d[13]
-        if hl > cap:
-            hl = cap
     elif proto == 17 or proto == 136:
         if cap < 8:
             return R_TRUNCATED
@@ -485,7 +485,7 @@ cdef int decode_l4(const uint8_t* d, uint32_t cap, uint32_t l4len, pkt_t* p, fra
         if cap < 4:
             return R_TRUNCATED
         p.icmp_type = be16(d)
-        hl = 8 if cap >= 8 else cap
+        hl = 8
     elif proto == 132:
         if cap < 12:
             return R_TRUNCATED
@@ -507,9 +507,10 @@ cdef int decode_l4(const uint8_t* d, uint32_t cap, uint32_t l4len, pkt_t* p, fra
         if r == R_NON_IP or r == R_BAD_TUNNEL:
             return r
         return r
-    p.payload = d + hl
-    p.payload_cap = cap - hl
+    # payload length from the header lengths; the captured part may be shorter (snaplen)
     p.payload_len = l4len - hl if l4len > hl else 0
+    p.payload = d + hl if hl < cap else d + cap
+    p.payload_cap = cap - hl if hl < cap else 0
     if (proto == 17) and depth < MAX_TUNNEL_DEPTH and is_udp_tunnel_port(p.sport, p.dport):
         # a tunnel that carries no IP packet (CAPWAP management, 802.11 control...) stays
         # accounted to the outer UDP flow, as ndpiReader does
@@ -592,6 +593,7 @@ cdef int decode_ip(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_
             return R_TRUNCATED
         if depth == 0:
             p.outer_ip_len = total
+            p.l2_len = <uint32_t>(d - p.frame)
         p.ip_version = 4
         memset(p.src, 0, 16)
         memset(p.dst, 0, 16)
@@ -620,6 +622,7 @@ cdef int decode_ip(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_
             total = n
         if depth == 0:
             p.outer_ip_len = total
+            p.l2_len = <uint32_t>(d - p.frame)
         nh = d[6]
         off = 40
         while nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 135 or nh == 44:
@@ -673,6 +676,8 @@ cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t l
     p.payload = NULL
     p.payload_cap = p.payload_len = 0
     p.outer_ip_len = 0
+    p.l2_len = 0
+    p.frame = d
     if lt == LT_ETHERNET:
         # the IP bytes of the packet are counted from the first IP header on: find it
         r = decode_ether(d, cap, p, frags, st, 0, True)
@@ -713,46 +718,6 @@ cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t l
     else:
         return R_UNSUPPORTED_LINK
     return r
-
-
-cdef inline uint32_t link_header_len(const uint8_t* d, uint32_t cap, uint32_t lt) noexcept nogil:
-    """Bytes before the first IP header (Ethernet + tags + MPLS + PPPoE ...)."""
-    cdef uint32_t off
-    cdef uint16_t et
-    if lt == LT_ETHERNET:
-        off = 12
-        if cap < 14:
-            return cap
-        et = be16(d + 12)
-        off = 14
-        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
-            if off + 4 > cap:
-                return cap
-            et = be16(d + off + 2)
-            off += 4
-        if et <= 1500:
-            return off + 8
-        if et == 0x8864:
-            return off + 8
-        if et == 0x8847 or et == 0x8848:
-            while off + 4 <= cap:
-                off += 4
-                if d[off - 2] & 1:
-                    break
-        return off
-    if lt == LT_NULL or lt == LT_LOOP or lt == LT_C_HDLC or lt == LT_PPP or lt == 50:
-        off = 4 if lt == LT_NULL or lt == LT_LOOP or lt == LT_C_HDLC else ppp_header_len(d, cap)
-        if off >= 2 and off <= cap and be16(d + off - 2) in (0x8847, 0x0281):
-            while off + 4 <= cap:                  # MPLS label stack
-                off += 4
-                if d[off - 2] & 1:
-                    break
-        return off
-    if lt == LT_LINUX_SLL:
-        return 16
-    if lt == LT_LINUX_SLL2:
-        return 20
-    return 0
 
 
 # --- entropy histogram pool -------------------------------------------------------------------
@@ -963,22 +928,25 @@ cdef class FlowTable:
             self.lru_tail = f.prev
 
     cdef inline void append(self, uint32_t i) noexcept nogil:
+        """Insert flow i into its list (open or closed) in order of last packet time: at the
+        tail, unless capture timestamps went back (then it walks back to its place)."""
         cdef flow_t* f = &self.flows[i]
-        f.next = NONE32
-        if f.closed:
-            f.prev = self.cl_tail
-            if self.cl_tail != NONE32:
-                self.flows[self.cl_tail].next = i
-            else:
-                self.cl_head = i
-            self.cl_tail = i
+        cdef uint32_t* head = &self.cl_head if f.closed else &self.lru_head
+        cdef uint32_t* tail = &self.cl_tail if f.closed else &self.lru_tail
+        cdef uint32_t after = tail[0]
+        while after != NONE32 and self.flows[after].last_us > f.last_us:
+            after = self.flows[after].prev
+        f.prev = after
+        if after == NONE32:
+            f.next = head[0]
+            head[0] = i
         else:
-            f.prev = self.lru_tail
-            if self.lru_tail != NONE32:
-                self.flows[self.lru_tail].next = i
-            else:
-                self.lru_head = i
-            self.lru_tail = i
+            f.next = self.flows[after].next
+            self.flows[after].next = i
+        if f.next == NONE32:
+            tail[0] = i
+        else:
+            self.flows[f.next].prev = i
 
     # ---- entropy pool --------------------------------------------------------------------
     cdef uint32_t pool_get(self) noexcept nogil:
@@ -1312,7 +1280,7 @@ cdef class FlowTable:
                 return k
             m = &meta[k]
             p.ts_us = m.ts_ns // 1000
-            if p.ts_us > self.now_us:
+            if p.ts_us >= self.now_us:          # O(1) when nothing is due
                 self.now_us = p.ts_us
                 self.expire_due(p.ts_us)
                 if self.out_n + 2 > self.out_cap:
@@ -1325,7 +1293,7 @@ cdef class FlowTable:
                 continue
             r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, &p, self.frags, &self.st)
             if r == R_OK:
-                l2 = link_header_len(buf + m.offset, cap, m.linktype)
+                l2 = p.l2_len
                 p.ip_bytes = m.wirelen - l2 if m.wirelen > l2 else 0
                 if p.outer_ip_len > p.ip_bytes:
                     r = R_IP_LENGTH             # the IP header claims more than the frame holds
