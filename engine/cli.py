@@ -12,7 +12,7 @@ from engine.errors import FlowprobeError
 
 # Modules that add flags and exporters/sources: each has add_arguments(parser) and
 # from_args(args, config) -> list of exporters (or sources, for record sources).
-EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq",)
+EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow")
 SOURCE_MODULES: tuple[str, ...] = ()
 
 
@@ -53,8 +53,9 @@ def build_parser() -> ArgumentParser:
                    default=30, metavar="SEC", help="export flows idle for SEC seconds (default 30)")
     p.add_argument("--no-features", action="store_true",
                    help="do not compute behaviour features (SEQ_PLEN, SEQ_TDIFF, entropy)")
-    p.add_argument("-n", "--collector", action="append", default=[], metavar="none",
-                   help="'none': export no flows (nProbe's spelling; used for benchmarks)")
+    p.add_argument("-n", "--collector", action="append", default=[], metavar="HOST:PORT",
+                   help="NetFlow/IPFIX collector (repeatable, see -V); 'none': export no flows "
+                        "(nProbe's spelling; used for benchmarks)")
     p.add_argument("--dump-format", choices=("text", "json", "csv"),
                    help="print finished flows to stdout in this format (the default, as text, "
                         "when no exporter is configured)")
@@ -94,10 +95,6 @@ def run(argv: list[str]) -> int:
     if not args.interface:
         raise FlowprobeError("no input: give -i FILE.pcap, -i IFACE, or -i none with a "
                              "collector port", status=2)
-    for n in args.collector:
-        if n != "none":
-            raise FlowprobeError(f"-n {n}: NetFlow/IPFIX export is not part of this build; "
-                                 "use -n none", status=2)
     config = ProbeConfig(max_flows=args.hash_size, idle_timeout=args.idle_timeout,
                          lifetime=args.lifetime_timeout, features=not args.no_features,
                          stats_interval=1.0 if args.verbose >= 1 else 0.0,

@@ -1,0 +1,491 @@
+"""Flows to NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) collectors over UDP (``-n``).
+
+* Destinations: ``-n HOST:PORT`` (repeatable, ``[v6addr]:PORT`` for IPv6); datagrams go round
+  robin across them, or every datagram to every one with ``-a``. Each destination has its own
+  sequence numbers and template state, so each collector sees one consistent stream.
+* ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX); ntop's elements go as
+  57472+n in v9 and under PEN 35632 in IPFIX. Fields with no NetFlow id or length 0 in the
+  registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe fields are skipped, said once
+  on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
+  direction of our biflows, 32-bit counters; -T does not apply.
+* Two templates: ``-U`` (default 257) for IPv4 flows and ``-U``+1 for IPv6 flows (the address
+  fields of the other version left out); one template when the field list has no addresses.
+  Templates go in the first datagram to every destination and again every --template-refresh s.
+* Times: flows carry their own clock (pcap replays are years old), so a datagram's export time is
+  the latest flow end seen, rounded up to a second, and the system uptime counts from a base just
+  before the first flow. v5/v9 FIRST/LAST_SWITCHED are uptime milliseconds, as the RFCs want; in
+  IPFIX, which has no uptime in its header, they are sent as flowStartMilliseconds /
+  flowEndMilliseconds (152/153, epoch ms; once, when -T names both forms).
+* Sequence numbers: v5 flows sent before this datagram, v9 datagrams sent, IPFIX data records
+  sent (per destination). ``-E TYPE:ID``: v5 engine type and id, v9 source id / IPFIX observation
+  domain = ID.
+* Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field as dc_field
+from typing import Optional
+
+import numpy as np
+
+from engine.errors import FlowprobeError
+from engine.export.templates import TemplateError, parse_template
+from engine.fields import BY_NAME, END_REASON_IPFIX, Field
+
+VERSIONS = (5, 9, 10)
+V5_MAX_RECORDS = 30
+V5_HEADER = struct.Struct(">HHIIIIBBH")         # 24 bytes
+V9_HEADER = struct.Struct(">HHIIII")            # 20 bytes
+IPFIX_HEADER = struct.Struct(">HHIII")          # 16 bytes
+SET_HEADER = struct.Struct(">HH")
+UPTIME_SLACK_MS = 60_000
+V5_DTYPE = np.dtype([("src", ">u4"), ("dst", ">u4"), ("nexthop", ">u4"), ("input", ">u2"),
+                     ("output", ">u2"), ("pkts", ">u4"), ("octets", ">u4"), ("first", ">u4"),
+                     ("last", ">u4"), ("sport", ">u2"), ("dport", ">u2"), ("pad1", "u1"),
+                     ("flags", "u1"), ("proto", "u1"), ("tos", "u1"), ("src_as", ">u2"),
+                     ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"), ("pad2", ">u2")])
+assert V5_DTYPE.itemsize == 48
+
+# IPFIX has no uptime in its header: the registry's FIRST/LAST_SWITCHED go as
+# flowStartMilliseconds / flowEndMilliseconds (epoch ms, what collectors such as nfdump decode).
+IPFIX_TIME_IDS = {"FIRST_SWITCHED": ("FLOW_START_MILLISECONDS", 152),
+                  "LAST_SWITCHED": ("FLOW_END_MILLISECONDS", 153)}
+_UINT = {1: "u1", 2: ">u2", 4: ">u4", 8: ">u8"}
+
+
+@dataclass
+class WireField:
+    field: Field
+    v9: int
+    pen: int            # 0: IANA
+    element: int
+    length: int
+    time: bool = False  # uptime milliseconds (v9 FIRST/LAST_SWITCHED)
+
+
+@dataclass
+class WireTemplate:
+    tid: int
+    family: int                 # 4 or 6: the flows it carries
+    fields: list[WireField]
+    dtype: np.dtype = dc_field(init=False)
+
+    def __post_init__(self):
+        parts = []
+        for i, w in enumerate(self.fields):
+            if w.field.kind in ("uint", "sec", "ms", "flags_or", "icmp", "end_reason") \
+                    and w.length in _UINT:
+                parts.append((f"f{i}", _UINT[w.length]))
+            else:
+                parts.append((f"f{i}", "u1", (w.length,)))
+        self.dtype = np.dtype(parts)     # packed, no alignment: the wire layout
+
+    def template_record(self, version: int) -> bytes:
+        out = [struct.pack(">HH", self.tid, len(self.fields))]
+        for w in self.fields:
+            if version == 10 and w.pen:
+                out.append(struct.pack(">HHI", 0x8000 | w.element, w.length, w.pen))
+            elif version == 10:
+                out.append(struct.pack(">HH", w.element, w.length))
+            else:
+                out.append(struct.pack(">HH", w.v9, w.length))
+        return b"".join(out)
+
+
+def wire_fields(template, version: int, warn=None) -> list[WireField]:
+    """The template's fields that NetFlow v9 / IPFIX can carry; the rest reported once."""
+    out, skipped = [], []
+    names = {f.name for f in template.fields}
+    for f in template.fields:
+        if f.v9 is None or not f.length:
+            skipped.append(f.name)
+            continue
+        if version == 10 and f.name in IPFIX_TIME_IDS:
+            ms_name, element = IPFIX_TIME_IDS[f.name]
+            if ms_name not in names:          # else the same time is already there, in ms
+                out.append(WireField(BY_NAME[ms_name], element, 0, element, 8))
+        elif version == 9 and f.kind == "sec":
+            out.append(WireField(f, f.v9, 0, f.v9, 4, time=True))
+        else:
+            out.append(WireField(f, f.v9, f.pen or 0, f.element, f.length))
+    skipped += [p.name for p in template.probe_fields]
+    if skipped and warn:
+        warn(f"flowprobe: not exportable over NetFlow/IPFIX, not sent: {', '.join(skipped)}")
+    return out
+
+
+def _column(w: WireField, records: np.ndarray, base_ms: int) -> np.ndarray:
+    """One wire field's values for every record, ready to assign into the template dtype."""
+    f = w.field
+    col = records[f.column]
+    kind = f.kind
+    n = len(records)
+    if kind == "uint":
+        return col.astype(np.uint64) & np.uint64((1 << (8 * w.length)) - 1) \
+            if col.dtype.itemsize > w.length else col
+    if kind == "sec":
+        if w.time:
+            return (col.astype(np.int64) - base_ms).clip(0, 0xFFFFFFFF).astype(np.uint32)
+        return (col // 1000).astype(np.uint32)
+    if kind == "ms":
+        return col
+    if kind == "flags_or":
+        return records["client_tcp_flags"] | records["server_tcp_flags"]
+    if kind == "icmp":
+        return np.where(np.isin(records["protocol"], (1, 58)), col, 0)
+    if kind == "end_reason":
+        return np.asarray(END_REASON_IPFIX, dtype=np.uint8)[col]
+    if kind in ("ipv4", "exporter_v4"):
+        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
+        return np.where((version == 4)[:, None], col[:, :4], 0)
+    if kind in ("ipv6", "exporter_v6"):
+        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
+        return np.where((version == 6)[:, None], col[:, :16], 0)
+    if kind == "mac":
+        return col
+    raise AssertionError(f"field {f.name} (kind {kind}) has no NetFlow encoding")  # pragma: no cover
+
+
+@dataclass
+class Destination:
+    text: str
+    addr: tuple
+    family: int
+    sequence: int = 0            # v5 flows / v9 packets / IPFIX data records
+    templates_sent: float = -1.0
+    datagrams: int = 0
+    sock: Optional[socket.socket] = None
+
+
+class NetFlowExporter:
+    def __init__(self, destinations: list[tuple[str, tuple, int]], *, version: int = 10,
+                 template=None, template_id: int = 257, engine_type: int = 0, engine_id: int = 0,
+                 mtu: int = 1500, all_destinations: bool = False, template_refresh: float = 60.0,
+                 warn=None):
+        self.version = version
+        self.mtu = mtu
+        self.all = all_destinations
+        self.refresh = template_refresh
+        self.engine_type = engine_type
+        self.engine_id = engine_id
+        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.dests: list[Destination] = []
+        socks: dict[int, socket.socket] = {}
+        for text, addr, fam in destinations:
+            if fam not in socks:
+                socks[fam] = socket.socket(fam, socket.SOCK_DGRAM)
+            self.dests.append(Destination(text, addr, fam, sock=socks[fam]))
+        self._socks = list(socks.values())
+        self._rr = 0
+        self.base_ms: Optional[int] = None
+        self.clock_ms = 0
+        self.counters = {"netflow_datagrams": 0, "netflow_flows": 0, "netflow_records": 0,
+                         "netflow_send_drops": 0, "netflow_v5_ipv6_skipped": 0}
+        self.templates: list[WireTemplate] = []
+        self._pending: dict[int, list[bytes]] = {}
+        if version != 5:
+            tmpl = template if template is not None else parse_template(None)
+            wf = wire_fields(tmpl, version, self.warn)
+            if not wf:
+                raise FlowprobeError("-T: none of the fields can be exported over NetFlow/IPFIX",
+                                     status=2)
+            v4 = [w for w in wf if w.field.kind != "ipv6"]
+            v6 = [w for w in wf if w.field.kind != "ipv4"]
+            if [w.field.name for w in v4] == [w.field.name for w in v6]:
+                self.templates = [WireTemplate(template_id, 0, v4)]
+            else:
+                self.templates = [WireTemplate(template_id, 4, v4),
+                                  WireTemplate(template_id + 1, 6, v6)]
+            self._pending = {t.tid: [] for t in self.templates}
+            head = V9_HEADER.size if version == 9 else IPFIX_HEADER.size
+            limit = min(self._limit(d.family) for d in self.dests)
+            for t in self.templates:
+                if head + 2 * SET_HEADER.size + len(self._template_set()) > limit \
+                        or head + SET_HEADER.size + t.dtype.itemsize + 3 > limit:
+                    raise FlowprobeError(f"--mtu {mtu}: too small for the -T template "
+                                         f"({t.dtype.itemsize} bytes a flow)", status=2)
+
+    # --- clock ----------------------------------------------------------------------------
+    def _advance_clock(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
+        first = int(records["first_ms"].min())
+        last = int(records["last_ms"].max())
+        if self.base_ms is not None and (first < self.base_ms
+                                         or last - self.base_ms > 0xFFFFFFFF - 2000):
+            self.flush()              # pending records were encoded against the old base
+            self.base_ms = None
+        if self.base_ms is None:
+            self.base_ms = first - UPTIME_SLACK_MS
+        self.clock_ms = max(self.clock_ms, last)
+
+    def _header_time(self) -> tuple[int, int]:
+        """(export epoch seconds, system uptime ms at that second)."""
+        secs = math.ceil(self.clock_ms / 1000) if self.clock_ms else int(time.time())
+        base = self.base_ms if self.base_ms is not None else secs * 1000 - UPTIME_SLACK_MS
+        return secs, max(secs * 1000 - base, 0) & 0xFFFFFFFF
+
+    # --- encoding -------------------------------------------------------------------------
+    def export(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
+        self._advance_clock(records)
+        self.counters["netflow_flows"] += len(records)
+        if self.version == 5:
+            self._export_v5(records)
+            return
+        fam = records["ip_version"]
+        for t in self.templates:
+            sel = records if t.family == 0 else records[fam == t.family]
+            if not len(sel):
+                continue
+            arr = np.zeros(len(sel), dtype=t.dtype)
+            for i, w in enumerate(t.fields):
+                arr[f"f{i}"] = _column(w, sel, self.base_ms or 0)
+            blob = arr.tobytes()
+            size = t.dtype.itemsize
+            self._pending[t.tid].extend(blob[i:i + size] for i in range(0, len(blob), size))
+        if sum(len(v) for v in self._pending.values()) >= 4096:
+            self.flush()
+
+    def _export_v5(self, records: np.ndarray) -> None:
+        v4 = records[records["ip_version"] == 4]
+        self.counters["netflow_v5_ipv6_skipped"] += len(records) - len(v4)
+        if not len(v4):
+            return
+        back = v4[v4["out_pkts"] > 0]
+        n = len(v4) + len(back)
+        arr = np.zeros(n, dtype=V5_DTYPE)
+        k = len(v4)
+
+        def addr(col):
+            return col[:, :4].copy().view(">u4").reshape(-1)
+
+        for part, recs, fwd in ((slice(0, k), v4, True), (slice(k, n), back, False)):
+            a = arr[part]
+            a["src"] = addr(recs["src_addr" if fwd else "dst_addr"])
+            a["dst"] = addr(recs["dst_addr" if fwd else "src_addr"])
+            a["input"] = recs["input_snmp" if fwd else "output_snmp"] & 0xFFFF
+            a["output"] = recs["output_snmp" if fwd else "input_snmp"] & 0xFFFF
+            a["pkts"] = np.minimum(recs["in_pkts" if fwd else "out_pkts"], 0xFFFFFFFF)
+            a["octets"] = np.minimum(recs["in_bytes" if fwd else "out_bytes"], 0xFFFFFFFF)
+            a["first"] = (recs["first_ms"].astype(np.int64) - self.base_ms).clip(0, 0xFFFFFFFF)
+            a["last"] = (recs["last_ms"].astype(np.int64) - self.base_ms).clip(0, 0xFFFFFFFF)
+            icmp = np.isin(recs["protocol"], (1, 58))
+            sport = recs["src_port" if fwd else "dst_port"]
+            dport = recs["dst_port" if fwd else "src_port"]
+            a["sport"] = np.where(icmp, 0, sport)
+            a["dport"] = np.where(icmp, recs["icmp_type"], dport)   # v5 puts ICMP type*256+code here
+            a["flags"] = recs["client_tcp_flags" if fwd else "server_tcp_flags"]
+            a["proto"] = recs["protocol"]
+            a["tos"] = recs["src_tos" if fwd else "dst_tos"]
+            arr[part] = a
+        blob = arr.tobytes()
+        self._pending.setdefault(0, []).extend(blob[i:i + 48] for i in range(0, len(blob), 48))
+        if len(self._pending[0]) >= 4096:
+            self.flush()
+
+    # --- datagrams ------------------------------------------------------------------------
+    def _next_dests(self) -> list[Destination]:
+        if self.all or len(self.dests) == 1:
+            return self.dests
+        d = self.dests[self._rr % len(self.dests)]
+        self._rr += 1
+        return [d]
+
+    def _limit(self, fam: int) -> int:
+        return self.mtu - (48 if fam == socket.AF_INET6 else 28)
+
+    def _send(self, d: Destination, data: bytes) -> None:
+        try:
+            assert d.sock is not None
+            d.sock.sendto(data, d.addr)
+            self.counters["netflow_datagrams"] += 1
+            d.datagrams += 1
+        except OSError:
+            self.counters["netflow_send_drops"] += 1
+
+    def flush(self) -> None:
+        if self.version == 5:
+            self._flush_v5()
+            return
+        while any(self._pending.values()):
+            self._flush_one(self._next_dests())
+
+    def _flush_one(self, dests: list[Destination]) -> None:
+        """One datagram's worth of pending records to ``dests`` (templates added where due)."""
+        now = time.monotonic()
+        limit = min(self._limit(d.family) for d in dests)
+        header_len = V9_HEADER.size if self.version == 9 else IPFIX_HEADER.size
+        need_t = [d for d in dests if d.templates_sent < 0 or now - d.templates_sent >= self.refresh]
+        tset = self._template_set() if need_t else b""
+        room = limit - header_len - len(tset)
+        sets, nrec, nsets = [], 0, 0
+        for t in self.templates:
+            rows = self._pending[t.tid]
+            size = t.dtype.itemsize
+            if not rows or room < SET_HEADER.size + size + 3:
+                continue
+            k = min(len(rows), (room - SET_HEADER.size - 3) // size)
+            body = b"".join(rows[:k])
+            del rows[:k]
+            pad = (-(SET_HEADER.size + len(body))) % 4
+            sets.append(SET_HEADER.pack(t.tid, SET_HEADER.size + len(body) + pad) + body
+                        + b"\0" * pad)
+            room -= len(sets[-1])
+            nrec += k
+        payload = b"".join(sets)
+        secs, uptime = self._header_time()
+        for d in dests:
+            tpart = tset if d in need_t else b""
+            if not payload and not tpart:
+                continue
+            if d in need_t:
+                d.templates_sent = now
+            body = tpart + payload
+            if self.version == 9:
+                count = nrec + (len(self.templates) if tpart else 0)
+                head = V9_HEADER.pack(9, count, uptime, secs, d.sequence & 0xFFFFFFFF,
+                                      self.engine_id)
+                d.sequence += 1
+            else:
+                head = IPFIX_HEADER.pack(10, IPFIX_HEADER.size + len(body), secs,
+                                         d.sequence & 0xFFFFFFFF, self.engine_id)
+                d.sequence += nrec
+            self._send(d, head + body)
+        self.counters["netflow_records"] += nrec
+
+    def _template_set(self) -> bytes:
+        body = b"".join(t.template_record(self.version) for t in self.templates)
+        set_id = 0 if self.version == 9 else 2
+        return SET_HEADER.pack(set_id, SET_HEADER.size + len(body)) + body
+
+    def _flush_v5(self) -> None:
+        rows = self._pending.get(0, [])
+        per = min(V5_MAX_RECORDS, (min(self._limit(d.family) for d in self.dests)
+                                   - V5_HEADER.size) // 48)
+        while rows:
+            chunk = rows[:per]
+            del rows[:per]
+            secs, uptime = self._header_time()
+            for d in self._next_dests():
+                head = V5_HEADER.pack(5, len(chunk), uptime, secs, 0, d.sequence & 0xFFFFFFFF,
+                                      self.engine_type, self.engine_id, 0)
+                d.sequence += len(chunk)
+                self._send(d, head + b"".join(chunk))
+            self.counters["netflow_records"] += len(chunk)
+
+    # --- Exporter protocol -----------------------------------------------------------------
+    def tick(self, stats: dict) -> None:
+        self.flush()
+        if self.version != 5:      # periodic template refresh even without flows
+            now = time.monotonic()
+            for d in self.dests:
+                if d.templates_sent < 0 or now - d.templates_sent >= self.refresh:
+                    self._flush_one([d])
+
+    def close(self) -> None:
+        self.flush()
+        for s in self._socks:
+            s.close()
+        self._socks = []
+
+    def stats(self) -> dict:
+        return dict(self.counters)
+
+
+# --- command line ------------------------------------------------------------------------------
+def _has(parser, flag: str) -> bool:
+    return flag in parser._option_string_actions
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("NetFlow/IPFIX export (-n HOST:PORT)")
+    g.add_argument("-V", "--flow-version", type=int, default=10, metavar="5|9|10",
+                   help="NetFlow v5, v9 or IPFIX (10, the default) for -n HOST:PORT")
+    g.add_argument("-a", "--all-collectors", action="store_true",
+                   help="send every datagram to every -n collector (default: round robin)")
+    g.add_argument("-U", "--flow-templ-id", type=int, default=257, metavar="ID",
+                   help="first template id (default 257; IPv6 flows use ID+1)")
+    g.add_argument("--mtu", type=int, default=1500, metavar="BYTES",
+                   help="largest export datagram, IP and UDP headers included (default 1500)")
+    g.add_argument("--template-refresh", type=float, default=60.0, metavar="SEC",
+                   help="resend v9/IPFIX templates every SEC seconds (default 60)")
+    if not _has(parser, "-T"):
+        g.add_argument("-T", "--flow-templ", metavar="TEMPLATE",
+                       help="exported fields: %%NAME items and @NTOPNG@ (default @NTOPNG@)")
+    if not _has(parser, "-E"):
+        g.add_argument("-E", "--observation-point", metavar="TYPE:ID",
+                       help="v5 engine type:id; v9 source id / IPFIX observation domain = ID")
+
+
+def parse_destination(text: str) -> tuple[str, tuple, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise FlowprobeError(f"-n {text}: expected HOST:PORT (or none)", status=2)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        p = int(port)
+    except ValueError:
+        p = -1
+    if not 1 <= p <= 65535:
+        raise FlowprobeError(f"-n {text}: port must be 1..65535", status=2)
+    try:
+        info = socket.getaddrinfo(host, p, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise FlowprobeError(f"-n {text}: cannot resolve {host!r} ({e.strerror})",
+                             status=2) from None
+    fam, _, _, _, addr = info[0]
+    return text, addr, fam
+
+
+def parse_engine(text: Optional[str]) -> tuple[int, int]:
+    if not text:
+        return 0, 0
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            etype, eid = 0, int(parts[0], 0)
+        elif len(parts) == 2:
+            etype, eid = int(parts[0], 0), int(parts[1], 0)
+        else:
+            raise ValueError
+    except ValueError:
+        raise FlowprobeError(f"-E {text!r}: expected TYPE:ID", status=2) from None
+    if not (0 <= etype <= 255 and 0 <= eid <= 0xFFFFFFFF):
+        raise FlowprobeError(f"-E {text!r}: TYPE must be 0..255 and ID 0..4294967295", status=2)
+    return etype, eid
+
+
+def from_args(args, config) -> list:
+    targets = [n for n in getattr(args, "collector", []) if n != "none"]
+    if not targets:
+        return []
+    if args.flow_version not in VERSIONS:
+        raise FlowprobeError(f"-V {args.flow_version}: expected 5, 9 or 10 (IPFIX)", status=2)
+    if not 1 <= args.flow_templ_id <= 65534 or (args.flow_version != 5
+                                                and args.flow_templ_id < 256):
+        raise FlowprobeError(f"-U {args.flow_templ_id}: template ids are 256..65534", status=2)
+    if not 576 <= args.mtu <= 65535:
+        raise FlowprobeError(f"--mtu {args.mtu}: expected 576..65535", status=2)
+    if args.template_refresh <= 0:
+        raise FlowprobeError("--template-refresh must be > 0", status=2)
+    dests = [parse_destination(t) for t in targets]
+    etype, eid = parse_engine(getattr(args, "observation_point", None))
+    if args.flow_version == 5 and eid > 255:
+        raise FlowprobeError(f"-E: NetFlow v5 engine id must be 0..255, not {eid}", status=2)
+    template = None
+    if args.flow_version != 5:
+        try:
+            template = parse_template(getattr(args, "flow_templ", None))
+        except (TemplateError, ValueError) as e:
+            raise FlowprobeError(f"-T: {e}", status=2) from None
+    return [NetFlowExporter(dests, version=args.flow_version, template=template,
+                            template_id=args.flow_templ_id, engine_type=etype, engine_id=eid,
+                            mtu=args.mtu, all_destinations=args.all_collectors,
+                            template_refresh=args.template_refresh)]
