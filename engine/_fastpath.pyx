@@ -178,6 +178,7 @@ ctypedef struct stats_t:
     uint64_t active_flows
     uint64_t fragments
     uint64_t pool_exhausted
+    uint64_t other_shard         # packets left to the other workers of a sharded run
 
 
 # --- byte order helpers ------------------------------------------------------------------------
@@ -675,6 +676,7 @@ cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t l
     p.tcp_flags = 0
     p.payload = NULL
     p.payload_cap = p.payload_len = 0
+    p.ip_version = 0
     p.outer_ip_len = 0
     p.l2_len = 0
     p.frame = d
@@ -718,6 +720,15 @@ cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t l
     else:
         return R_UNSUPPORTED_LINK
     return r
+
+
+cdef inline uint32_t shard_of(pkt_t* p, uint32_t count) noexcept nogil:
+    """The worker that owns a packet in a sharded run: a symmetric hash of the innermost address
+    pair, so that both directions, every fragment and every tunnelled packet of a flow land on
+    one worker. Packets that never reached an IP header go to worker 0."""
+    if p.ip_version == 0:
+        return 0
+    return <uint32_t>(mix64(side_hash(p.src, 0) + side_hash(p.dst, 0)) % count)
 
 
 # --- entropy histogram pool -------------------------------------------------------------------
@@ -851,6 +862,8 @@ cdef class FlowTable:
     cdef public uint64_t lifetime_us
     cdef public uint64_t linger_us
     cdef readonly bint features
+    cdef readonly uint32_t shard_index
+    cdef readonly uint32_t shard_count
     cdef object out_array
     cdef flow_record_t* out
     cdef uint32_t out_n
@@ -859,12 +872,16 @@ cdef class FlowTable:
 
     def __cinit__(self, uint32_t max_flows=262144, double idle_timeout=30.0,
                   double lifetime=120.0, bint features=True, uint32_t output_size=8192,
-                  double linger=2.0):
+                  double linger=2.0, uint32_t shard_index=0, uint32_t shard_count=1):
         cdef uint32_t size = 16, i
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         if output_size < 4:
             raise ValueError("output_size must be at least 4")
+        if shard_count < 1 or shard_index >= shard_count:
+            raise ValueError("shard_index must be below shard_count")
+        self.shard_index = shard_index
+        self.shard_count = shard_count
         while size < 2 * <uint64_t>max_flows:
             size <<= 1
         self.capacity = max_flows
@@ -1285,13 +1302,18 @@ cdef class FlowTable:
                 self.expire_due(p.ts_us)
                 if self.out_n + 2 > self.out_cap:
                     return k
-            self.st.packets += 1
-            self.st.bytes += m.wirelen
             cap = m.caplen
             if <Py_ssize_t>m.offset + cap > buflen:
-                self.st.reasons[R_TRUNCATED] += 1
+                r = R_TRUNCATED
+                p.ip_version = 0
+            else:
+                r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, &p, self.frags,
+                                  &self.st)
+            if self.shard_count > 1 and shard_of(&p, self.shard_count) != self.shard_index:
+                self.st.other_shard += 1
                 continue
-            r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, &p, self.frags, &self.st)
+            self.st.packets += 1
+            self.st.bytes += m.wirelen
             if r == R_OK:
                 l2 = p.l2_len
                 p.ip_bytes = m.wirelen - l2 if m.wirelen > l2 else 0
@@ -1372,7 +1394,8 @@ cdef class FlowTable:
         d = {"packets": self.st.packets, "bytes": self.st.bytes,
              "flows_created": self.st.flows_created, "flows_exported": self.st.flows_exported,
              "active_flows": self.st.active_flows, "fragments": self.st.fragments,
-             "feature_pool_exhausted": self.st.pool_exhausted}
+             "feature_pool_exhausted": self.st.pool_exhausted,
+             "other_shard": self.st.other_shard}
         d["decoded"] = self.st.reasons[R_OK]
         d["drops"] = {REASONS[r]: self.st.reasons[r] for r in range(1, R_COUNT)}
         d["exported_by_reason"] = {name: self.st.exported_by_reason[k]
