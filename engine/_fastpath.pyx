@@ -502,12 +502,15 @@ cdef int decode_l4(const uint8_t* d, uint32_t cap, uint32_t l4len, pkt_t* p, fra
     elif proto == 47:
         if depth >= MAX_TUNNEL_DEPTH:
             return R_TUNNEL_DEPTH
+        memcpy(&outer, p, sizeof(pkt_t))
         if p.tunnel == TUN_NONE:
             p.tunnel = TUN_GRE
         r = decode_gre(d, cap, p, frags, st, depth + 1)
-        if r == R_NON_IP or r == R_BAD_TUNNEL:
+        if r != R_NON_IP:
             return r
-        return r
+        # GRE keepalives, PPP control and other non-IP payloads: the outer GRE flow, like a
+        # UDP tunnel that carries no IP packet
+        memcpy(p, &outer, sizeof(pkt_t))
     # payload length from the header lengths; the captured part may be shorter (snaplen)
     p.payload_len = l4len - hl if l4len > hl else 0
     p.payload = d + hl if hl < cap else d + cap

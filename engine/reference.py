@@ -293,8 +293,15 @@ class Decoder:
         elif proto == 47:
             if depth >= MAX_TUNNELS:
                 raise Drop(TUNNEL_DEPTH)
+            outer = dataclasses.replace(p)
             p.set_tunnel(T_GRE)
-            return self.gre(d, p, depth + 1)
+            try:
+                return self.gre(d, p, depth + 1)
+            except Drop as e:                 # a GRE payload that is not IP: the outer flow
+                if e.reason != NON_IP:
+                    raise
+                p.__dict__.update(outer.__dict__)
+                hl = 0
         else:
             hl = 0
         p.payload = d[hl:]
