@@ -450,6 +450,14 @@ def test_mutated_packets_match_reference(frames):
 
 
 # --- fast-path bugs the reference found (fixed): minimal reproducers ----------------------------------------------------
+def test_gre_keepalive_stays_on_the_outer_gre_flow():
+    keepalive = gre(b"\x00\x00\x00\x00", proto=0x0000)        # GRE carrying no IP packet
+    frame = eth(ipv4(V4[0], V4[1], 47, keepalive))
+    recs = assert_same([(SEC, frame, len(frame), 1)])
+    assert len(recs) == 1 and recs[0]["protocol"] == 47 and recs[0]["tunnel"] == 0
+    assert recs[0]["in_bytes"] == len(frame) - 14
+
+
 def test_gtp_non_gpdu_stays_plain_udp():
     echo = struct.pack("!BBHIHBB", 0x32, 0x01, 4, 0, 1, 0, 0)          # GTP echo request
     frame = eth(ipv4(V4[0], V4[1], 17, udp(2152, 2152, echo)))
