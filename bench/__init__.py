@@ -1,0 +1,1 @@
+"""flowprobe benchmarks: ``python -m bench SUBCOMMAND`` (see ``python -m bench --help``)."""

@@ -1,0 +1,47 @@
+"""``python -m bench SUBCOMMAND [options]``.
+
+Each sub-command is a module of this package with ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``; register it in ``SUBCOMMANDS`` below (modules are imported only when
+their sub-command runs, so one with missing optional dependencies does not break the others).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module. A module either has HELP, add_arguments(parser) and run(args), or just
+# main(argv) -> int, which then gets the arguments after the sub-command name.
+SUBCOMMANDS: dict[str, str] = {
+    "engine": "bench.engine",
+    "collector": "bench.collector",
+    "export": "bench.export",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description="flowprobe benchmarks; "
+                                 "each sub-command has its own --help")
+    sub = ap.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    modules = {}
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        mod = importlib.import_module(SUBCOMMANDS[argv[0]])
+        if not hasattr(mod, "run") and hasattr(mod, "main"):
+            return mod.main(argv[1:])
+    for name, modname in SUBCOMMANDS.items():
+        # import only the chosen one eagerly; others get a placeholder parser for --help
+        if argv and argv[0] == name:
+            mod = importlib.import_module(modname)
+            modules[name] = mod
+            p = sub.add_parser(name, help=getattr(mod, "HELP", None),
+                               description=getattr(mod, "HELP", None))
+            mod.add_arguments(p)
+        else:
+            sub.add_parser(name, help=f"see python -m bench {name} --help")
+    args = ap.parse_args(argv)
+    return modules[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
