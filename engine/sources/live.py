@@ -1,6 +1,7 @@
 """Live capture (and BPF-filtered file reading) through pcapy-ng's batch API."""
 from __future__ import annotations
 
+import select
 from typing import Iterator, Optional
 
 import numpy as np
@@ -42,6 +43,7 @@ class PcapySource:
         self.name = name
         self.live = live
         self.batch = batch
+        self.timeout_ms = timeout_ms
         self.stopped = False
         try:
             if live:
@@ -73,16 +75,26 @@ class PcapySource:
         self.linktype = self.handle.datalink()
 
     def batches(self) -> Iterator[tuple[bytes, np.ndarray]]:
-        """Batches until the file ends (or, live, until stop()); an empty batch after a read
-        timeout lets the caller expire flows while the link is quiet."""
+        """Batches until the file ends (or, live, until stop()); an empty batch when the link
+        has been quiet for the poll timeout lets the caller expire flows."""
+        if not self.live:
+            while True:
+                buf, packed = self.handle.next_batch(self.batch)
+                if not packed:
+                    return
+                yield buf, to_meta(packed, self.linktype)
+        # Live: a blocking next_batch can hold on for seconds while packets trickle in (and a
+        # signal cannot stop it); non-blocking reads with our own poll bound the latency.
+        self.handle.setnonblock(1)
+        poller = select.poll()
+        poller.register(self.handle.getfd(), select.POLLIN)
         while not self.stopped:
             buf, packed = self.handle.next_batch(self.batch)
-            if not packed:
-                if not self.live:
-                    return
-                yield b"", np.empty(0, dtype=META_DTYPE)
+            if packed:
+                yield buf, to_meta(packed, self.linktype)
                 continue
-            yield buf, to_meta(packed, self.linktype)
+            if not poller.poll(self.timeout_ms):
+                yield b"", np.empty(0, dtype=META_DTYPE)
 
     def stop(self) -> None:
         self.stopped = True
