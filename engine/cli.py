@@ -13,7 +13,7 @@ from engine.errors import FlowprobeError
 # Modules that add flags and exporters/sources: each has add_arguments(parser) and
 # from_args(args, config) -> list of exporters (or sources, for record sources).
 EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow")
-SOURCE_MODULES: tuple[str, ...] = ()
+SOURCE_MODULES: tuple[str, ...] = ("engine.collect",)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -89,6 +89,8 @@ def _packet_sources(inputs: list[str], args) -> list:
 
 def run(argv: list[str]) -> int:
     from engine.export.dump import DumpExporter
+    from engine.export.templates import COLLECTOR_FIELDS
+    from engine.fields import DEFAULT_TEMPLATE
     from engine.probe import Probe, ProbeConfig
 
     args = build_parser().parse_args(argv)
@@ -109,7 +111,10 @@ def run(argv: list[str]) -> int:
     for name in EXPORTER_MODULES:
         exporters += importlib.import_module(name).from_args(args, config)
     if args.dump_format or (not exporters and not args.collector):
-        exporters.append(DumpExporter(sys.stdout, args.dump_format or "text"))
+        names = DEFAULT_TEMPLATE
+        if config.mode == "flow_collection":      # where each collected flow came from
+            names += COLLECTOR_FIELDS
+        exporters.append(DumpExporter(sys.stdout, args.dump_format or "text", names))
 
     probe = Probe(config, exporters)
     for sig in (signal.SIGINT, signal.SIGTERM):

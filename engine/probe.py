@@ -15,6 +15,7 @@ import numpy as np
 
 from engine import __version__
 from engine._fastpath import FlowTable
+from engine.collect import merge_flow_collection, status_text
 
 
 class Exporter(Protocol):
@@ -56,6 +57,7 @@ class Probe:
         self._rates = (0.0, 0.0)      # packets/s, bits/s over the last interval
         self._finished_sources: list[dict] = []
         self._current = None
+        self._source_stats: list[dict] = []
         self.warnings: list[str] = []     # problems with the input, reported at the end
 
     # --- running ------------------------------------------------------------------------
@@ -118,6 +120,10 @@ class Probe:
             self._maybe_tick()
             if self.stop_requested:
                 break
+        rest = src.drain()                   # a stop during delivery must not lose the cache
+        if len(rest):
+            self.collected_records += len(rest)
+            self.deliver(rest)
 
     def _drain(self) -> None:
         while True:
@@ -157,6 +163,11 @@ class Probe:
         if self._current is not None:
             sources.append(self._current.stats())
         kernel_drops = sum(s.get("kernel_drops", 0) for s in sources)
+        collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0}
+        for s in sources:
+            for k, v in s.get("collector_drops", {}).items():
+                collector_drops[k] = collector_drops.get(k, 0) + v
+        self._source_stats = sources
         exporters = {}
         for e in self.exporters:
             exporters.update(e.stats())
@@ -178,6 +189,8 @@ class Probe:
             "pps": self._rates[0],
             "bps": self._rates[1],
             "exporters": exporters,
+            "flow_collection": merge_flow_collection(sources),
+            "collector_drops": collector_drops,
             "interface": self.config.interface_name,
             "mode": self.config.mode,
             "idle_timeout": self.config.idle_timeout,
@@ -199,11 +212,18 @@ class Probe:
     def status_line(self, snap: dict) -> str:
         return (f"flowprobe: {snap['pps']:.0f} pkts/s {snap['bps'] / 1e6:.2f} Mbit/s, "
                 f"{snap['packets']} pkts, {snap['active_flows']} active flows, "
-                f"{snap['exported_flows']} exported, drops: {self._drops_text(snap)}")
+                f"{snap['exported_flows']} exported, drops: {self._drops_text(snap)}"
+                + self._collector_text())
+
+    def _collector_text(self) -> str:
+        text = status_text(self._source_stats)
+        return f", {text}" if text else ""
 
     def summary_line(self) -> str:
         snap = self.snapshot()
         secs = max(time.time() - self.started, 1e-9)
-        return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes) in {secs:.2f} s "
+        return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes on the wire) "
+                f"in {secs:.2f} s "
                 f"({snap['packets'] / secs:.0f} pkts/s), {snap['flows_created']} flows, "
-                f"{snap['exported_flows']} flows exported, drops: {self._drops_text(snap)}")
+                f"{snap['exported_flows']} flows exported, drops: {self._drops_text(snap)}"
+                + self._collector_text())

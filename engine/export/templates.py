@@ -57,6 +57,9 @@ NTOPNG_FIELDS: tuple[str, ...] = (
 )
 
 MACROS: dict[str, tuple[str, ...]] = {"NTOPNG": NTOPNG_FIELDS}
+# what a collected flow adds by default: where it came from
+COLLECTOR_FIELDS: tuple[str, ...] = ("EXPORTER_IPV4_ADDRESS", "EXPORTER_IPV6_ADDRESS",
+                                     "INPUT_SNMP", "OUTPUT_SNMP", "OBSERVATION_POINT_ID")
 
 
 class TemplateError(ValueError):

@@ -31,7 +31,7 @@ import numpy as np
 from engine import __version__
 from engine.errors import FlowprobeError
 from engine.export import tlv
-from engine.export.templates import TemplateError, parse_template
+from engine.export.templates import COLLECTOR_FIELDS, TemplateError, parse_template
 
 try:
     import zmq
@@ -394,6 +394,8 @@ class ZMQExporter:
         export_drops = sum(e.drops_queue_full + e.drops_no_subscriber for e in self.endpoints)
         mode = snap.get("mode", "packet_collection")
         collected = int(snap.get("collected_records", 0))
+        collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0,
+                           **snap.get("collector_drops", {})}
         return {
             "time": int(snap.get("time", time.time())),
             "bytes": int(snap.get("bytes", 0)),
@@ -413,9 +415,10 @@ class ZMQExporter:
                         "collected_lifetime": int(snap.get("lifetime", 120))},
             "drops": {"export_queue_full": export_drops, "too_many_flows": too_many,
                       "elk_flow_drops": 0, "sflow_pkt_sample_drops": 0,
-                      "flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0},
-            "flow_collection": {"nf_ipfix_flows": collected, "sflow_samples": 0,
-                                "collection_port": 0, "exporters": {}},
+                      **collector_drops},
+            "flow_collection": snap.get("flow_collection") or {
+                "nf_ipfix_flows": collected, "sflow_samples": 0, "collection_port": 0,
+                "exporters": {}},
             "zmq": {"num_flow_exports": ep.flows, "num_exporters": len(self.endpoints)},
         }
 
@@ -586,7 +589,10 @@ def from_args(args, config) -> list:
         if not zmq.has("curve"):
             raise FlowprobeError("--zmq-encryption-key: this libzmq has no CURVE support", status=2)
     try:
-        template = parse_template(getattr(args, "flow_templ", None))
+        text = getattr(args, "flow_templ", None)
+        template = parse_template(text)
+        if getattr(config, "mode", "") == "flow_collection" and not text:
+            template = template.with_fields(*COLLECTOR_FIELDS)
     except (TemplateError, ValueError) as e:
         raise FlowprobeError(f"-T: {e}", status=2) from None
     obs = None

@@ -1,0 +1,172 @@
+"""Real export captures (softflowd, pmacctd) decode to what tshark's dissector sees in them."""
+from __future__ import annotations
+
+import collections
+import shutil
+import socket
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from engine.collect.collector import Collector
+
+from conftest import PCAPS
+
+EXPORTS = PCAPS / "exports"
+NF_FILES = ["softflowd-netflow-v5.pcap", "softflowd-netflow-v9.pcap", "softflowd-ipfix.pcap",
+            "pmacctd-nfprobe-ipfix.pcap"]
+
+
+def udp_payloads(path) -> list:
+    """(payload, source address text, time) of every UDP/IPv4 datagram of a classic pcap."""
+    data = open(path, "rb").read()
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    linktype = struct.unpack_from(endian + "I", data, 20)[0]
+    off = 24
+    out = []
+    while off + 16 <= len(data):
+        sec, usec, incl, _orig = struct.unpack_from(endian + "IIII", data, off)
+        off += 16
+        pkt = data[off:off + incl]
+        off += incl
+        l2 = 14 if linktype == 1 else 0
+        ip = pkt[l2:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 15) * 4
+        src = socket.inet_ntoa(ip[12:16])
+        out.append((ip[ihl + 8:], src, sec + usec / 1e6))
+    return out
+
+
+def collect_file(path, mode="passthrough", **kw):
+    col = Collector(mode=mode, **kw)
+    col.pending_age = 1e12                     # replayed capture times are old
+    return col.feed(udp_payloads(path)), col
+
+
+def tshark_fields(path, fields: list) -> dict:
+    cmd = ["tshark", "-r", str(path), "-d", "udp.port==9995,cflow", "-T", "fields",
+           "-E", "occurrence=a", "-E", "separator=|"]
+    for f in fields:
+        cmd += ["-e", f]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    vals = {f: [] for f in fields}
+    for line in out.splitlines():
+        for f, cell in zip(fields, line.split("|")):
+            if cell:
+                vals[f] += cell.split(",")
+    return vals
+
+
+def addr_texts(recs, col, version):
+    sel = recs[recs["ip_version"] == version][col]
+    fam = socket.AF_INET if version == 4 else socket.AF_INET6
+    width = 4 if version == 4 else 16
+    return sorted(socket.inet_ntop(fam, bytes(a[:width])) for a in sel)
+
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+
+
+@needs_tshark
+@pytest.mark.parametrize("name", NF_FILES)
+def test_netflow_ipfix_exports_match_tshark(name, pcaps_dir):
+    path = EXPORTS / name
+    recs, col = collect_file(path)
+    t = tshark_fields(path, ["cflow.packets", "cflow.octets", "cflow.srcaddr", "cflow.dstaddr",
+                             "cflow.srcaddrv6", "cflow.dstaddrv6", "cflow.srcport",
+                             "cflow.dstport", "cflow.protocol"])
+    assert len(recs) == len(t["cflow.packets"]) > 0
+    assert sorted(recs["in_pkts"].tolist()) == sorted(int(v) for v in t["cflow.packets"])
+    assert sorted(recs["in_bytes"].tolist()) == sorted(int(v) for v in t["cflow.octets"])
+    assert addr_texts(recs, "src_addr", 4) == sorted(t["cflow.srcaddr"])
+    assert addr_texts(recs, "dst_addr", 4) == sorted(t["cflow.dstaddr"])
+    assert addr_texts(recs, "src_addr", 6) == sorted(
+        socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, a))
+        for a in t["cflow.srcaddrv6"])
+    assert sorted(recs["src_port"].tolist()) == sorted(int(v) for v in t["cflow.srcport"])
+    assert sorted(recs["dst_port"].tolist()) == sorted(int(v) for v in t["cflow.dstport"])
+    assert sorted(recs["protocol"].tolist()) == sorted(int(v) for v in t["cflow.protocol"])
+    st = col.stats()["exporters"]["127.0.0.1"]
+    assert st["datagrams"] == 20 and st["records"] == len(recs)
+    assert st["bad"] == {} and st["lost"] == 0
+    # every record carries the exporter, interfaces and observation domain columns
+    assert (recs["exporter_ip_version"] == 4).all()
+    assert (recs["exporter_addr"][:, :4] == [127, 0, 0, 1]).all()
+    assert (recs["flow_source"] == 1).all() and (recs["end_reason"] == 5).all()
+    assert (recs["first_ms"] > 1_600_000_000_000).all()
+    assert (recs["first_ms"] <= recs["last_ms"]).all()
+
+
+@needs_tshark
+def test_sflow_export_matches_tshark(pcaps_dir):
+    path = EXPORTS / "pmacctd-sflow-v5.pcap"
+    recs, col = collect_file(path)
+    t = tshark_fields(path, ["sflow_245.header.frame_length", "sflow.flow_sample.sampling_rate",
+                             "sflow_245.header.payload_stripped"])
+    nsamples = len(t["sflow_245.header.frame_length"])
+    st = col.stats()["exporters"]["127.0.0.1"]
+    assert st["bad"] == {}
+    assert len(recs) == nsamples > 0
+    assert col.totals["sflow_samples"] == nsamples
+    assert (recs["flow_source"] == 2).all()
+    assert {int(v) for v in t["sflow.flow_sample.sampling_rate"]} == {1}
+    # IP-layer bytes = frame length - stripped FCS - the 14-byte Ethernet header
+    frame = sorted(int(f) - int(s) - 14 for f, s in zip(t["sflow_245.header.frame_length"],
+                                                       t["sflow_245.header.payload_stripped"]))
+    assert sorted(recs["in_bytes"].tolist()) == frame
+    assert (recs["in_pkts"] == 1).all()
+
+
+@needs_tshark
+def test_sflow_counter_and_upscale(pcaps_dir):
+    recs, col = collect_file(PCAPS / "sflow.pcap")
+    t = tshark_fields(PCAPS / "sflow.pcap", ["sflow.flow_sample.sampling_rate"])
+    rate = int(t["sflow.flow_sample.sampling_rate"][0])
+    assert len(recs) == 1 and recs["in_pkts"][0] == rate
+    assert sum(e["sflow_counter_samples"] for e in col.stats()["exporters"].values()) == 8
+    raw, _ = collect_file(PCAPS / "sflow.pcap", upscale=False)
+    assert raw["in_pkts"][0] == 1 and raw["in_bytes"][0] * rate == recs["in_bytes"][0]
+
+
+def test_v9_data_without_templates_is_counted(pcaps_dir):
+    recs, col = collect_file(PCAPS / "netflowv9.pcap")
+    assert len(recs) == 0
+    st = col.stats()["exporters"]
+    assert sum(e["no_template"] for e in st.values()) > 0
+
+
+def test_ipfix_templates_only(pcaps_dir):
+    recs, col = collect_file(PCAPS / "netflow-fritz.pcap")
+    assert len(recs) == 0
+    assert sum(e["templates"] for e in col.stats()["exporters"].values()) > 0
+
+
+def test_data_before_template_is_held_then_decoded(pcaps_dir):
+    dg = udp_payloads(EXPORTS / "softflowd-netflow-v9.pcap")
+    col = Collector("passthrough")
+    col.pending_age = 1e12
+    first = dg[0][0]
+    # split the first datagram: its data flowsets go first, the templates after
+    off, data_sets, tmpl_sets = 20, [], []
+    while off + 4 <= len(first):
+        sid, ln = struct.unpack_from(">HH", first, off)
+        (tmpl_sets if sid < 256 else data_sets).append(first[off:off + ln])
+        off += ln
+    hdr = bytearray(first[:20])
+    a = bytes(hdr) + b"".join(data_sets)
+    b = bytes(hdr[:12]) + struct.pack(">I", struct.unpack_from(">I", first, 12)[0] + 1) + \
+        bytes(hdr[16:20]) + b"".join(tmpl_sets)
+    r1 = col.feed([(a, "127.0.0.1", 1.0)])
+    assert len(r1) == 0
+    r2 = col.feed([(b, "127.0.0.1", 1.5)])
+    direct, _ = collect_file(EXPORTS / "softflowd-netflow-v9.pcap")
+    n_first = len(Collector("passthrough").feed([dg[0]]))
+    assert len(r2) == n_first > 0
+    st = col.stats()["exporters"]["127.0.0.1"]
+    assert st["no_template"] >= 1 and st["no_template_decoded"] == st["no_template"]
+    assert np.array_equal(np.sort(r2["in_bytes"]), np.sort(direct["in_bytes"][:n_first]))

@@ -1,0 +1,264 @@
+"""Bad input never stops collection and is counted; memory stays bounded; IPFIX corner cases
+(variable-length and enterprise elements, reverse elements, every timestamp form, withdrawal)."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine.collect.collector import Collector
+from engine.collect.template import NTP_EPOCH_OFFSET
+
+from conftest import PCAPS
+from test_collect_exports import EXPORTS, udp_payloads
+
+ALL = ["softflowd-netflow-v5.pcap", "softflowd-netflow-v9.pcap", "softflowd-ipfix.pcap",
+       "pmacctd-nfprobe-ipfix.pcap", "pmacctd-sflow-v5.pcap"]
+
+
+def real_datagrams():
+    out = []
+    for name in ALL:
+        p = EXPORTS / name
+        if p.exists():
+            out += [d for d, _a, _t in udp_payloads(p)]
+    return out
+
+
+REAL = real_datagrams() if EXPORTS.is_dir() else []
+
+
+def warmed() -> Collector:
+    """A collector that has seen every real stream (so it knows their templates)."""
+    col = Collector("passthrough")
+    col.feed([(d, "127.0.0.1", 1.0) for d in REAL])
+    return col
+
+
+def test_truncated_real_datagrams_are_counted(pcaps_dir):
+    col = warmed()
+    before = col.totals["bad_datagrams"]
+    fed = 0
+    for d in REAL:
+        for cut in range(0, len(d), 23):
+            col.feed([(d[:cut], "10.0.0.1", 2.0)])
+            fed += 1
+    e = col.stats()["exporters"]["10.0.0.1"]
+    assert e["datagrams"] == fed
+    assert col.totals["bad_datagrams"] > before
+    assert sum(e["bad"].values()) > 0
+    assert set(e["bad"]) <= {"too_short", "truncated_header", "truncated", "bad_count",
+                             "bad_flowset_length", "bad_set_length", "bad_message_length",
+                             "truncated_sample", "truncated_record", "malformed",
+                             "flow_sample_without_header", "sample_not_ip", "bad_template",
+                             "bad_options_template", "unknown_version"}
+
+
+prefixes = st.sampled_from([b"\x00\x05", b"\x00\x09", b"\x00\x0a", b"\x00\x00\x00\x05", b""])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prefix=prefixes, body=st.binary(max_size=600))
+def test_random_datagrams_never_raise(prefix, body):
+    col = _FUZZ
+    col.feed([(prefix + body, "10.9.9.9", 3.0)])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(idx=st.integers(min_value=0, max_value=10 ** 6), flips=st.lists(
+    st.tuples(st.integers(min_value=0, max_value=1500), st.integers(min_value=0, max_value=255)),
+    min_size=1, max_size=8))
+def test_mutated_real_datagrams_never_raise(idx, flips):
+    if not REAL:
+        pytest.skip("no export captures")
+    d = bytearray(REAL[idx % len(REAL)])
+    for pos, val in flips:
+        if pos < len(d):
+            d[pos] = val
+    recs = _FUZZ.feed([(bytes(d), "127.0.0.1", 3.0)])
+    assert recs.dtype.names is not None
+
+
+_FUZZ = warmed() if REAL else Collector()
+
+
+def v9(seq, flowsets, source_id=0, uptime=100000, secs=1700000000):
+    body = b"".join(flowsets)
+    return struct.pack(">HHIIII", 9, 1, uptime, secs, seq, source_id) + body
+
+
+def flowset(sid, body):
+    pad = (-len(body)) % 4
+    return struct.pack(">HH", sid, 4 + len(body) + pad) + body + b"\0" * pad
+
+
+def test_template_flood_is_bounded():
+    col = Collector(max_templates=100)
+    sets = [flowset(0, struct.pack(">HHHH", 256 + i, 1, 1, 4)) for i in range(1000)]
+    for i in range(0, 1000, 50):
+        col.feed([(v9(i // 50, sets[i:i + 50]), "10.1.1.1", 1.0)])
+    e = col.exporters["10.1.1.1"]
+    assert len(e.domains[(9, 0)].templates) == 100
+    assert e.bad["template_limit"] == 900
+
+
+def test_exporter_flood_is_bounded():
+    col = Collector(max_exporters=10)
+    for i in range(30):
+        col.feed([(v9(0, []), f"10.2.0.{i}", 1.0)])
+    assert len(col.exporters) == 10
+    assert col.totals["exporters_over_limit"] == 20
+
+
+def test_pending_data_is_bounded():
+    col = Collector(max_pending=5)
+    for i in range(20):
+        col.feed([(v9(i, [flowset(300, b"\0" * 8)]), "10.3.0.1", 1.0)])
+    st_ = col.stats()["exporters"]["10.3.0.1"]
+    assert st_["no_template"] == 20 and st_["no_template_dropped"] == 15
+
+
+def test_sequence_gaps_are_lost_datagrams():
+    col = Collector()
+    for seq in (10, 11, 12, 20, 21):
+        col.feed([(v9(seq, []), "10.4.0.1", 1.0)])
+    assert col.exporters["10.4.0.1"].stats["lost"] == 7
+
+
+def test_v9_times_and_sampling_options():
+    col = Collector("passthrough")
+    tmpl = flowset(0, struct.pack(">HH", 256, 4) + struct.pack(">HHHHHHHH", 8, 4, 2, 4, 22, 4,
+                                                                21, 4))
+    opt = flowset(1, struct.pack(">HHH", 257, 4, 4) + struct.pack(">HHHH", 2, 4, 34, 4))
+    optdata = flowset(257, struct.pack(">II", 1, 10))
+    data = flowset(256, struct.pack(">4sIII", bytes([10, 0, 0, 1]), 5, 90000, 95000))
+    r = col.feed([(v9(1, [tmpl, opt, optdata, data], uptime=100000, secs=1700000000),
+                   "10.5.0.1", 1.0)])
+    assert len(r) == 1
+    assert r["in_pkts"][0] == 50                      # upscaled by the sampling interval 10
+    assert r["first_ms"][0] == 1700000000000 - 10000
+    assert r["last_ms"][0] == 1700000000000 - 5000
+    raw = Collector("passthrough", upscale=False).feed(
+        [(v9(1, [tmpl, opt, optdata, data]), "10.5.0.1", 1.0)])
+    assert raw["in_pkts"][0] == 5
+
+
+def ipfix(seq, sets, domain=7, secs=1700000000):
+    body = b"".join(sets)
+    return struct.pack(">HHIII", 10, 16 + len(body), secs, seq, domain) + body
+
+
+def ipset(sid, body):
+    return struct.pack(">HH", sid, 4 + len(body)) + body
+
+
+def ntp(ms):
+    secs, frac_ms = divmod(ms, 1000)
+    return ((secs + NTP_EPOCH_OFFSET) << 32) | ((frac_ms << 32) // 1000 + 1)
+
+
+@pytest.mark.parametrize("form", ["sec", "ms", "us", "ns", "delta", "uptime"])
+def test_ipfix_timestamp_forms(form):
+    start, end, export = 1700000000000 - 7000, 1700000000000 - 2000, 1700000000
+    if form == "sec":
+        fields, vals = [(150, 4), (151, 4)], struct.pack(">II", start // 1000, end // 1000)
+    elif form == "ms":
+        fields, vals = [(152, 8), (153, 8)], struct.pack(">QQ", start, end)
+    elif form in ("us", "ns"):
+        e = (154, 155) if form == "us" else (156, 157)
+        fields, vals = [(e[0], 8), (e[1], 8)], struct.pack(">QQ", ntp(start), ntp(end))
+    elif form == "delta":
+        fields, vals = [(158, 4), (159, 4)], struct.pack(">II", 7000000, 2000000)
+    else:
+        fields, vals = [(22, 4), (21, 4)], struct.pack(">II", 1000, 6000)
+    sets = []
+    if form == "uptime":       # systemInitTimeMilliseconds in options data
+        sets.append(ipset(3, struct.pack(">HHH", 300, 2, 1) + struct.pack(">HHHH", 149, 4,
+                                                                          160, 8)))
+        sets.append(ipset(300, struct.pack(">IQ", 7, start - 1000)))
+    tfields = [(8, 4), (2, 4)] + fields
+    sets.append(ipset(2, struct.pack(">HH", 256, len(tfields)) +
+                      b"".join(struct.pack(">HH", a, b) for a, b in tfields)))
+    sets.append(ipset(256, bytes([10, 0, 0, 2]) + struct.pack(">I", 3) + vals))
+    r = Collector("passthrough").feed([(ipfix(0, sets, secs=export), "10.6.0.1", 1.0)])
+    assert len(r) == 1 and r["in_pkts"][0] == 3
+    want = (start // 1000 * 1000, end // 1000 * 1000) if form == "sec" else (start, end)
+    assert (int(r["first_ms"][0]), int(r["last_ms"][0])) == want
+    assert r["observation_point"][0] == 7
+
+
+def test_ipfix_varlen_enterprise_reverse_and_withdrawal():
+    col = Collector("passthrough")
+    # sourceIPv4, varlen (82 interfaceName), enterprise element (PEN 9, id 1, 4 bytes),
+    # octetDeltaCount, reverse octetDeltaCount and packetDeltaCount (PEN 29305)
+    tf = (struct.pack(">HH", 8, 4) + struct.pack(">HH", 82, 65535) +
+          struct.pack(">HHI", 0x8001, 4, 9) + struct.pack(">HH", 1, 8) +
+          struct.pack(">HHI", 0x8001, 8, 29305) + struct.pack(">HHI", 0x8002, 4, 29305))
+    tmpl = ipset(2, struct.pack(">HH", 400, 6) + tf)
+
+    def rec(addr, name, b, rb, rp):
+        n = name.encode()
+        ln = bytes([len(n)]) if len(n) < 255 else b"\xff" + struct.pack(">H", len(n))
+        return bytes(addr) + ln + n + b"ABCD" + struct.pack(">QQI", b, rb, rp)
+    data = ipset(400, rec([10, 0, 0, 3], "eth0", 100, 200, 4) +
+                 rec([10, 0, 0, 4], "x" * 300, 111, 222, 5))
+    r = col.feed([(ipfix(0, [tmpl, data]), "10.7.0.1", 1.0)])
+    assert len(r) == 2
+    assert r["in_bytes"].tolist() == [100, 111]
+    assert r["out_bytes"].tolist() == [200, 222]
+    assert r["out_pkts"].tolist() == [4, 5]
+    assert bytes(r["src_addr"][1][:4]) == bytes([10, 0, 0, 4])
+    # withdraw template 400: its data is held again
+    w = ipset(2, struct.pack(">HH", 400, 0))
+    r = col.feed([(ipfix(2, [w, data]), "10.7.0.1", 1.0)])
+    assert len(r) == 0
+    e = col.exporters["10.7.0.1"].stats
+    assert e["template_withdrawals"] == 1 and e["no_template"] == 1
+
+
+def test_bad_packets_are_dumped(tmp_path):
+    from engine.collect import BadPacketWriter
+    w = BadPacketWriter(str(tmp_path / "bad.pcap"))
+    col = Collector(bad_dump=w)
+    col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.1", 1.0),
+              (v9(0, []), "10.8.0.1", 1.0)])
+    w.close()
+    assert w.written == 2
+    from engine._fastpath import PcapReader, META_DTYPE
+    meta = np.zeros(16, META_DTYPE)
+    with PcapReader(str(tmp_path / "bad.pcap")) as rd:
+        assert rd.next_batch(meta) == 2
+
+
+def _compact_to_expanded(d: bytes) -> bytes:
+    """An sFlow v5 datagram with its compact flow samples rewritten as expanded ones, and an
+    IPv6 agent address."""
+    out = bytearray(struct.pack(">II", 5, 2) + bytes(range(16)))
+    off = 12
+    sub, seq, up, n = struct.unpack_from(">IIII", d, off)
+    out += struct.pack(">IIII", sub, seq, up, n)
+    off += 16
+    for _ in range(n):
+        tag, ln = struct.unpack_from(">II", d, off)
+        body = d[off + 8:off + 8 + ln]
+        off += 8 + ln
+        if tag == 1:
+            sq, src, rate, pool, drops, inp, outp, nrec = struct.unpack_from(">8I", body)
+            body = struct.pack(">11I", sq, src >> 24, src & 0xFFFFFF, rate, pool, drops, 0, inp,
+                               0, outp, nrec) + body[32:]
+            tag = 3
+        out += struct.pack(">II", tag, len(body)) + body
+    return bytes(out)
+
+
+def test_sflow_expanded_samples_and_ipv6_agent(pcaps_dir):
+    dg = udp_payloads(EXPORTS / "pmacctd-sflow-v5.pcap")
+    compact = Collector("passthrough").feed(dg)
+    exp = Collector("passthrough").feed([(_compact_to_expanded(d), a, t) for d, a, t in dg])
+    assert len(exp) == len(compact) > 0
+    for c in ("in_bytes", "in_pkts", "src_addr", "dst_addr", "src_port", "input_snmp"):
+        assert np.array_equal(exp[c], compact[c])
+    assert (exp["exporter_ip_version"] == 6).all()
+    assert bytes(exp["exporter_addr"][0]) == bytes(range(16))
