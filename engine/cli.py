@@ -12,7 +12,8 @@ from engine.errors import FlowprobeError
 
 # Modules that add flags and exporters/sources: each has add_arguments(parser) and
 # from_args(args, config) -> list of exporters (or sources, for record sources).
-EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow")
+EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow",
+                                     "engine.health")
 SOURCE_MODULES: tuple[str, ...] = ("engine.collect",)
 
 
@@ -62,6 +63,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-b", "--verbose", type=_int_range(0, 2, "verbosity"), default=0,
                    metavar="LEVEL", help="1: print statistics every second to stderr")
     p.add_argument("--version", action="version", version=f"flowprobe {__version__}")
+    importlib.import_module("engine.service").add_arguments(p)
     for name in EXPORTER_MODULES + SOURCE_MODULES:
         importlib.import_module(name).add_arguments(p)
     return p
@@ -93,7 +95,10 @@ def run(argv: list[str]) -> int:
     from engine.fields import DEFAULT_TEMPLATE
     from engine.probe import Probe, ProbeConfig
 
-    args = build_parser().parse_args(argv)
+    from engine import config as config_file, service
+    parser = build_parser()
+    args = parser.parse_args(config_file.expand_argv(argv, parser))
+    reopen_logs = service.setup_logging(args)
     if not args.interface:
         raise FlowprobeError("no input: give -i FILE.pcap, -i IFACE, or -i none with a "
                              "collector port", status=2)
@@ -110,19 +115,30 @@ def run(argv: list[str]) -> int:
     exporters = []
     for name in EXPORTER_MODULES:
         exporters += importlib.import_module(name).from_args(args, config)
-    if args.dump_format or (not exporters and not args.collector):
+    flow_exporters = [e for e in exporters if not getattr(e, "passive", False)]
+    if args.dump_format or (not flow_exporters and not args.collector):
         names = DEFAULT_TEMPLATE
         if config.mode == "flow_collection":      # where each collected flow came from
             names += COLLECTOR_FIELDS
         exporters.append(DumpExporter(sys.stdout, args.dump_format or "text", names))
 
-    probe = Probe(config, exporters)
+    probe = Probe(config, exporters, log=service.probe_log)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: probe.stop())
-    probe.run(sources)
-    probe.log(probe.summary_line())
-    for w in probe.warnings:
-        print(f"flowprobe: error: {w}", file=sys.stderr)
+    # SIGHUP reopens logs; pid file; privileges dropped once the captures are open
+    service.install_sighup(reopen_logs)
+    if args.pid_file:
+        service.write_pid_file(args.pid_file)
+    try:
+        if args.user:
+            service.drop_privileges(args.user)
+        probe.run(sources)
+        probe.log(probe.summary_line())
+        for w in probe.warnings:
+            print(f"flowprobe: error: {w}", file=sys.stderr)
+    finally:
+        if args.pid_file:
+            service.remove_pid_file(args.pid_file)
     return 1 if probe.warnings else 0
 
 

@@ -1,0 +1,181 @@
+"""Health and metrics: `--dump-stats FILE` (JSON, rewritten atomically every few seconds) and
+`--metrics ADDR:PORT` (Prometheus text format through prometheus-client).
+
+Both are an exporter-like object: the probe calls tick(snapshot) about once a second from its loop;
+tick only stores a reference to the snapshot (and, every --dump-stats-interval, writes the file).
+Scrapes are answered by prometheus-client's server thread from the latest stored snapshot, so a
+scrape never touches the capture loop or the flow table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from engine.errors import FlowprobeError, os_error_message
+
+# imported here, not when first scraped: after --user the package directory may be unreadable
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("health and metrics")
+    g.add_argument("--dump-stats", metavar="FILE",
+                   help="rewrite FILE with the statistics as JSON every few seconds (atomically)")
+    g.add_argument("--dump-stats-interval", type=float, default=5.0, metavar="SEC",
+                   help="seconds between --dump-stats rewrites (default 5)")
+    g.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9100 or :9100 "
+                        "(all addresses)")
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        p = int(port)
+    except ValueError:
+        raise FlowprobeError(f"--metrics {text}: expected ADDR:PORT, e.g. 127.0.0.1:9100", status=2)
+    if not 0 <= p <= 65535:
+        raise FlowprobeError(f"--metrics {text}: port must be between 0 and 65535", status=2)
+    return host, p
+
+
+def _metrics(snap: dict):
+    """Prometheus metric families from one snapshot."""
+
+    def counter(name, doc, value):
+        m = CounterMetricFamily(f"flowprobe_{name}", doc)
+        m.add_metric([], value)
+        return m
+
+    def gauge(name, doc, value):
+        m = GaugeMetricFamily(f"flowprobe_{name}", doc)
+        m.add_metric([], value)
+        return m
+
+    yield counter("packets", "packets seen by the fast path", snap["packets"])
+    yield counter("bytes", "IP-layer bytes seen by the fast path", snap["bytes"])
+    yield counter("decoded_packets", "packets decoded and accounted to a flow", snap["decoded"])
+    yield counter("fragments", "IP fragments", snap["fragments"])
+    yield counter("flows", "flows created", snap["flows_created"])
+    yield gauge("active_flows", "flows in the flow table", snap["active_flows"])
+    yield counter("exported_flows", "flow records delivered to the exporters",
+                  snap["exported_flows"])
+    yield counter("collected_records", "flow records collected (NetFlow/IPFIX/sFlow)",
+                  snap["collected_records"])
+    m = CounterMetricFamily("flowprobe_exported_flows_by_reason",
+                            "exported flows by expiry reason", labels=["reason"])
+    for reason, v in sorted(snap.get("exported_by_reason", {}).items()):
+        m.add_metric([str(reason)], v)
+    yield m
+    m = CounterMetricFamily("flowprobe_drops", "packets or messages not accounted, by stage "
+                            "and reason", labels=["stage", "reason"])
+    for reason, v in sorted(snap["drops"].items()):
+        m.add_metric(["decode", reason], v)
+    m.add_metric(["kernel", "kernel"], snap["kernel_drops"])
+    for k, v in sorted(snap.get("exporters", {}).items()):
+        if "drop" in k and isinstance(v, (int, float)):
+            m.add_metric(["export", k], v)
+    yield m
+    m = GaugeMetricFamily("flowprobe_exporter", "exporter counters", labels=["name"])
+    for k, v in sorted(snap.get("exporters", {}).items()):
+        if "drop" not in k and isinstance(v, (int, float)) and not isinstance(v, bool):
+            m.add_metric([k], v)
+    yield m
+    yield counter("feature_pool_exhausted", "flows whose features lacked a histogram",
+                  snap.get("feature_pool_exhausted", 0))
+    yield gauge("packets_per_second", "packets/s over the last second", snap["pps"])
+    yield gauge("bits_per_second", "bits/s over the last second", snap["bps"])
+    yield gauge("uptime_seconds", "seconds since start", snap["uptime"])
+    m = GaugeMetricFamily("flowprobe_info", "probe information",
+                          labels=["version", "interface", "mode", "hostname"])
+    m.add_metric([str(snap.get("version", "")), str(snap.get("interface", "")),
+                  str(snap.get("mode", "")), str(snap.get("hostname", ""))], 1)
+    yield m
+
+
+class _Collector:
+    def __init__(self, health: "HealthExporter"):
+        self.health = health
+
+    def collect(self):
+        snap = self.health.latest       # one reference read: the probe replaces it, never edits
+        if snap is None:
+            return
+        yield from _metrics(snap)
+
+
+class HealthExporter:
+    passive = True            # exports no flows: the default stdout dump still applies
+
+    def __init__(self, dump_path: str | None = None, dump_interval: float = 5.0,
+                 metrics_addr: tuple[str, int] | None = None):
+        self.dump_path = dump_path
+        self.dump_interval = max(0.1, dump_interval)
+        self.latest: dict | None = None
+        self._last_dump = 0.0
+        self.dump_errors = 0
+        self.server = None
+        if dump_path:
+            self._write(self._empty())          # fail now, not at the first tick
+        if metrics_addr is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Collector(self))
+            host, port = metrics_addr
+            try:
+                started = start_http_server(port, addr=host, registry=registry)
+            except OSError as e:
+                raise FlowprobeError(os_error_message(f"serve metrics on {host}:{port}", e))
+            self.server = started[0] if isinstance(started, tuple) else None
+            self.port = self.server.server_address[1] if self.server else port
+
+    @staticmethod
+    def _empty() -> dict:
+        return {"time": int(time.time()), "starting": True}
+
+    def _write(self, snap: dict) -> None:
+        tmp = f"{self.dump_path}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(snap, f, default=str)
+                f.write("\n")
+            os.replace(tmp, self.dump_path)
+        except OSError as e:
+            if self.latest is None:
+                raise FlowprobeError(os_error_message(f"write statistics file {self.dump_path}", e))
+            self.dump_errors += 1           # keep capturing; counted in the statistics
+
+    # --- exporter interface -------------------------------------------------------------
+    def export(self, records) -> None:
+        pass
+
+    def tick(self, stats: dict) -> None:
+        self.latest = stats
+        if self.dump_path:
+            now = time.monotonic()
+            if now - self._last_dump >= self.dump_interval:
+                self._last_dump = now
+                self._write(stats)
+
+    def close(self) -> None:
+        if self.dump_path and self.latest is not None:
+            self._write(self.latest)          # the final statistics
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def stats(self) -> dict:
+        return {"stats_file_write_errors": self.dump_errors} if self.dump_errors else {}
+
+
+def from_args(args, config) -> list:
+    if not args.dump_stats and not args.metrics:
+        return []
+    addr = parse_addr(args.metrics) if args.metrics else None
+    return [HealthExporter(args.dump_stats, args.dump_stats_interval, addr)]

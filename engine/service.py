@@ -1,0 +1,212 @@
+"""Running unattended: logging (stderr, file, syslog/journald), SIGHUP, pid file, privilege drop,
+and rate-limited warnings."""
+from __future__ import annotations
+
+import io
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from engine.errors import FlowprobeError, os_error_message
+
+log = logging.getLogger("flowprobe")
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("running as a service")
+    g.add_argument("--syslog", action="store_true",
+                   help="log to syslog/journald (/dev/log) instead of stderr")
+    g.add_argument("--log-file", metavar="FILE",
+                   help="log to FILE instead of stderr (SIGHUP reopens it, for logrotate)")
+    g.add_argument("-v", "--verbose-log", action="count", default=0,
+                   help="more log detail (-v: debug); warnings and the summary are always logged")
+    g.add_argument("--pid-file", metavar="FILE", help="write the process id to FILE")
+    g.add_argument("--user", metavar="USER",
+                   help="drop privileges to USER once the captures are open (started as root)")
+
+
+# --- logging --------------------------------------------------------------------------------
+class _SyslogFormatter(logging.Formatter):
+    """'flowprobe[PID]: message' without the 'flowprobe: ' prefix the messages carry."""
+
+    def format(self, record):
+        msg = record.getMessage()
+        if msg.startswith("flowprobe: "):
+            msg = msg[len("flowprobe: "):]
+        return f"flowprobe[{os.getpid()}]: {msg}"
+
+
+class _LogWriter(io.TextIOBase):
+    """sys.stderr replacement while logging elsewhere: every line written becomes a log record."""
+
+    def __init__(self):
+        self._buf = ""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            if line.strip():
+                log.log(level_of(line), line)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def level_of(line: str) -> int:
+    if "error:" in line[:40]:
+        return logging.ERROR
+    if "warning:" in line[:40]:
+        return logging.WARNING
+    return logging.INFO
+
+
+def setup_logging(args) -> Callable[[], None]:
+    """Install the handlers the flags ask for; returns the function SIGHUP calls (reopen)."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG if args.verbose_log else logging.INFO)
+    handlers: list[logging.Handler] = []
+    if args.syslog:
+        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        try:
+            h = logging.handlers.SysLogHandler(address=address,
+                                               facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError as e:
+            raise FlowprobeError(os_error_message("connect to syslog (/dev/log)", e))
+        h.setFormatter(_SyslogFormatter())
+        handlers.append(h)
+    if args.log_file:
+        try:
+            h = logging.FileHandler(args.log_file, encoding="utf-8")
+        except OSError as e:
+            raise FlowprobeError(os_error_message(f"open log file {args.log_file}", e))
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handlers.append(h)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(message)s"))
+    if handlers:                      # errors still reach the terminal / the unit's stderr
+        stderr.setLevel(logging.ERROR)
+        sys.stderr = _LogWriter()     # other modules print to sys.stderr: route them to the log
+    handlers.append(stderr)
+    for h in handlers:
+        log.addHandler(h)
+
+    def reopen() -> None:
+        for h in handlers:
+            with h.lock or threading.RLock():
+                if isinstance(h, logging.FileHandler):
+                    if h.stream is not None:
+                        h.stream.close()
+                    h.stream = h._open()
+                elif isinstance(h, logging.handlers.SysLogHandler):
+                    try:
+                        h.socket.close()
+                        h._connect_unixsocket(h.address) if isinstance(h.address, str) else None
+                    except OSError:
+                        pass
+        log.info("flowprobe: logs reopened (SIGHUP)")
+    return reopen
+
+
+def probe_log(line: str) -> None:
+    """The Probe's log hook: every line through logging, at the level its prefix says."""
+    log.log(level_of(line), line)
+
+
+def install_sighup(reopen: Callable[[], None]) -> None:
+    # the reopen runs in a thread: it takes the handlers' locks, which the interrupted main
+    # thread may hold in the middle of a write
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reopen, daemon=True).start())
+
+
+# --- pid file and privileges ----------------------------------------------------------------
+def write_pid_file(path: str) -> None:
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise FlowprobeError(os_error_message(f"write pid file {path}", e))
+
+
+def remove_pid_file(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass            # after --user the directory may not be ours; systemd cleans /run
+
+
+def drop_privileges(user: str) -> None:
+    import pwd
+    try:
+        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    except KeyError:
+        raise FlowprobeError(f"--user {user}: no such user", status=2)
+    if os.getuid() == pw.pw_uid and os.geteuid() == pw.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise FlowprobeError(f"--user {user}: only root can change user (running as uid "
+                             f"{os.geteuid()})")
+    try:
+        os.setgroups([])
+        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as e:
+        raise FlowprobeError(os_error_message(f"change to user {user}", e))
+    if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid:
+        raise FlowprobeError(f"--user {user}: could not drop privileges")
+    log.debug("flowprobe: running as user %s (uid %d, gid %d)", pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+# --- rate-limited warnings ------------------------------------------------------------------
+class RateLimitedWarnings:
+    """The first warning of a kind is logged at once; more of the same kind within `window`
+    seconds are only counted, and one line with the total follows when the window ends (or at
+    exit, `flush(force=True)`)."""
+
+    def __init__(self, emit: Callable[[str], None], window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.emit, self.window, self.clock = emit, window, clock
+        self._open: dict[str, list] = {}     # key -> [window start, suppressed count, total, fmt]
+
+    def warn(self, key: str, fmt: str, count: int = 1) -> None:
+        """fmt has '{count}' (how many of the thing happened) and '{more}' ('' or ' more')."""
+        now = self.clock()
+        self.flush()
+        st = self._open.get(key)
+        if st is None:
+            self._open[key] = [now, 0, 0, fmt]
+            self.emit(fmt.format(count=count, more="", period=""))
+        else:
+            st[1] += 1
+            st[2] += count
+            st[3] = fmt
+
+    def flush(self, force: bool = False) -> None:
+        now = self.clock()
+        for key, st in list(self._open.items()):
+            start, repeats, total, fmt = st
+            if not force and now - start < self.window:
+                continue
+            if repeats:
+                self.emit(fmt.format(count=total, more=" more",
+                                     period=f" in the last {now - start:.0f} s") +
+                          f" ({repeats} repeated warnings suppressed)")
+                self._open[key] = [now, 0, 0, fmt]
+            else:
+                del self._open[key]
