@@ -855,6 +855,7 @@ cdef class FlowTable:
     cdef uint32_t mask
     cdef uint32_t capacity
     cdef uint32_t free_head          # free list through flow.next
+    cdef uint32_t never_used         # slots from here on have never held a flow
     cdef uint32_t lru_head, lru_tail       # open flows, least recently seen first
     cdef uint32_t cl_head, cl_tail         # closed (FIN/RST) flows awaiting their linger
     cdef frag_t* frags
@@ -878,7 +879,7 @@ cdef class FlowTable:
     def __cinit__(self, uint32_t max_flows=262144, double idle_timeout=30.0,
                   double lifetime=120.0, bint features=True, uint32_t output_size=8192,
                   double linger=2.0, uint32_t shard_index=0, uint32_t shard_count=1):
-        cdef uint32_t size = 16, i
+        cdef uint32_t size = 16
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         if output_size < 4:
@@ -903,9 +904,10 @@ cdef class FlowTable:
                 self.pool_chunks == NULL or (features and self.feats == NULL)):
             raise MemoryError("cannot allocate a flow table of %d flows" % max_flows)
         memset(self.slots, 0xFF, size * sizeof(uint32_t))
-        for i in range(max_flows):
-            self.flows[i].next = i + 1 if i + 1 < max_flows else NONE32
-        self.free_head = 0
+        # slots are handed out in order first, then recycled through the free list, so the
+        # pages of slots never used are never touched
+        self.free_head = NONE32
+        self.never_used = 0
         self.lru_head = self.lru_tail = NONE32
         self.cl_head = self.cl_tail = NONE32
         self.pool_free = NONE32
@@ -1130,10 +1132,14 @@ cdef class FlowTable:
         cdef flow_t* f
         cdef feat_t* ft
         cdef bint swap
-        if i == NONE32:
+        if i != NONE32:
+            self.free_head = self.flows[i].next
+        elif self.never_used < self.capacity:
+            i = self.never_used
+            self.never_used += 1
+        else:
             return NONE32
         f = &self.flows[i]
-        self.free_head = f.next
         # the client sends the first packet, except that a SYN-ACK comes from the server
         swap = p.proto == 6 and (p.tcp_flags & 0x12) == 0x12
         direction[0] = 1 if swap else 0
