@@ -89,15 +89,28 @@ class FlowEncoder:
         self.template = template
         self.constants = list(constants)
         self.labels = labels
-        if fmt == "tlv":
-            self._tlv = tlv.RecordEncoder(template.fields, self.constants)
+        if fmt in ("tlv", "json"):
+            # the C encoder; engine/export/tlv.py and json.dumps are its reference (tests)
+            from engine.export._encode import Encoder
+            from engine.fields import RECORD_DTYPE
+            fields = template.fields
+            self._c = Encoder(fields, RECORD_DTYPE, [tlv.field_key(f) for f in fields],
+                              [str(tlv.field_key(f, labels)) for f in fields])
+            if fmt == "tlv":
+                self._suffix = tlv.RecordEncoder((), self.constants).suffix
+            else:
+                self._suffix = "".join(
+                    f",{json.dumps(str(tlv.field_key(p, labels)))}:{json.dumps(v)}"
+                    for p, v in self.constants).encode()
         elif fmt == "msgpack":
             import msgpack
             self._packer = msgpack.Packer(use_bin_type=True)
 
     def encode(self, records: np.ndarray) -> list[bytes]:
         if self.fmt == "tlv":
-            return self._tlv.encode(records)
+            return self._c.tlv(records, self._suffix)
+        if self.fmt == "json":
+            return self._c.json(records, self._suffix)
         from engine.fields import field_values
         fields = self.template.fields
         labels = self.labels or self.fmt == "msgpack"
