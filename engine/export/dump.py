@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import TextIO
 
 import numpy as np
 
-from engine.fields import DEFAULT_TEMPLATE, records_to_dicts
+from engine.fields import BY_NAME, DEFAULT_TEMPLATE, RECORD_DTYPE, records_to_dicts
 
 FORMATS = ("text", "json", "csv")
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP", 47: "GRE", 50: "ESP",
@@ -35,16 +34,21 @@ class DumpExporter:
         self.names = tuple(names)
         self.flows = 0
         self._csv_header = False
+        if fmt == "json":                      # the C encoder, keys are the field names
+            from engine.export._encode import Encoder
+            fields = [BY_NAME[n] for n in self.names]
+            self._json = Encoder(fields, RECORD_DTYPE, [f.name for f in fields],
+                                 [f.name for f in fields])
 
     def export(self, records: np.ndarray) -> None:
         if len(records) == 0:
             return
-        rows = records_to_dicts(records, self.names)
-        self.flows += len(rows)
+        self.flows += len(records)
         if self.fmt == "json":
-            dumps = json.JSONEncoder(separators=(",", ":")).encode
-            self.stream.write("".join(dumps(r) + "\n" for r in rows))
-        elif self.fmt == "csv":
+            self.stream.write(b"\n".join(self._json.json(records)).decode() + "\n")
+            return
+        rows = records_to_dicts(records, self.names)
+        if self.fmt == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=self.names, extrasaction="ignore")
             if not self._csv_header:
