@@ -3,6 +3,10 @@
 Modes (nProbe 9.0): the default merges collected records in a flow cache and exports them on the
 idle/lifetime timeouts; ``--disable-cache`` converts each record and exports it at once;
 ``--collector-passthrough`` converts 1:1 with no flow state.
+
+Input: UDP ports (``--collector-port [udp://][ADDR:]PORT``), and flowrelay instances
+(``--collector-port tcp://RELAY:PORT``, engine/collect/relay.py): the probe connects out to the
+relay and takes the datagrams it forwards, CURVE-encrypted with ``--collector-encryption-key``.
 """
 from __future__ import annotations
 
@@ -29,7 +33,11 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("flow collection")
     g.add_argument("--collector-port", "-3", action="append", default=[],
                    metavar="[udp://][ADDR:]PORT",
-                   help="collect NetFlow v5/v9, IPFIX and sFlow on this UDP port (repeatable)")
+                   help="collect NetFlow v5/v9, IPFIX and sFlow on this UDP port (repeatable); "
+                        "tcp://RELAY:PORT connects to a flowrelay and collects what it forwards")
+    g.add_argument("--collector-encryption-key", metavar="KEY",
+                   help="the flowrelay's CURVE public key (40 Z85 characters or hex) for "
+                        "tcp:// collector ports")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--disable-cache", action="store_true",
                       help="convert every collected record and export it at once (no cache)")
@@ -63,6 +71,37 @@ def parse_port(text: str) -> tuple[str, int]:
     return addr, port
 
 
+def parse_relay(text: str) -> Optional[str]:
+    """'tcp://HOST:PORT' -> the ZeroMQ URL to connect to; None for a UDP port."""
+    s = text.strip()
+    if not s.startswith("tcp://"):
+        return None
+    m = re.fullmatch(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:\[\]/*]+):(\d+)", s)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise FlowprobeError(f"--collector-port {text!r}: expected tcp://RELAY:PORT (a flowrelay "
+                             "to connect to)", status=2)
+    return s
+
+
+def relay_key(text: Optional[str]) -> Optional[bytes]:
+    if text is None:
+        return None
+    from engine.export.zmq import parse_curve_key
+    try:
+        import zmq
+    except ImportError:
+        raise FlowprobeError("--collector-encryption-key: pyzmq is not installed",
+                             status=2) from None
+    try:
+        key = parse_curve_key(text)
+    except ValueError as e:
+        raise FlowprobeError(f"--collector-encryption-key: {e}", status=2) from None
+    if not zmq.has("curve"):
+        raise FlowprobeError("--collector-encryption-key: this libzmq has no CURVE support",
+                             status=2)
+    return key
+
+
 def from_args(args, config) -> list:
     ports = getattr(args, "collector_port", None) or []
     if not ports:
@@ -75,13 +114,20 @@ def from_args(args, config) -> list:
         mode = "cache"
     if args.collector_idle_exit < 0:
         raise FlowprobeError("--collector-idle-exit must be >= 0", status=2)
-    binds = [parse_port(p) for p in ports]
+    relays = [u for u in (parse_relay(p) for p in ports) if u]
+    binds = [parse_port(p) for p in ports if not parse_relay(p)]
+    key_text = getattr(args, "collector_encryption_key", None)
+    if key_text is not None and not relays:
+        raise FlowprobeError("--collector-encryption-key is for a tcp://RELAY:PORT collector "
+                             "port (flowrelay)", status=2)
+    key = relay_key(key_text)
     bad = BadPacketWriter(args.dump_bad_packets) if args.dump_bad_packets else None
     try:
         src = CollectorSource(binds, mode=mode, upscale=not args.disable_upscale,
                               idle_timeout=config.idle_timeout, lifetime=config.lifetime,
                               max_flows=config.max_flows, bad_dump=bad,
-                              idle_exit=args.collector_idle_exit)
+                              idle_exit=args.collector_idle_exit, relays=relays,
+                              relay_key=key)
     except FlowprobeError:
         if bad:
             bad.close()
@@ -181,17 +227,22 @@ def udp_drops(sock: socket.socket) -> Optional[int]:
 
 
 class CollectorSource:
-    """A record source (``kind = "records"``) over one UDP socket per collector port."""
+    """A record source (``kind = "records"``) over one UDP socket per collector port, and one
+    ZeroMQ PULL socket per flowrelay (``relays``: tcp:// URLs, ``relay_key``: its CURVE public
+    key)."""
     kind = "records"
 
     def __init__(self, binds, mode="cache", upscale=True, idle_timeout=30.0, lifetime=120.0,
-                 max_flows=262144, bad_dump=None, idle_exit=0.0):
+                 max_flows=262144, bad_dump=None, idle_exit=0.0, relays=(), relay_key=None):
         self.mode = mode
         self.collector = Collector(mode=mode, upscale=upscale, bad_dump=bad_dump)
         self.cache = FlowCache(max_flows, idle_timeout, lifetime) if mode == "cache" else None
         self.bad_dump = bad_dump
         self.idle_exit = idle_exit
         self.socks: list[socket.socket] = []
+        self.relays: list = []
+        self._zctx = None
+        self._poller = None
         self.ports: list[int] = []
         self._stop = False
         self._kernel_drops_base: dict[int, int] = {}
@@ -219,6 +270,8 @@ class CollectorSource:
             self.socks.append(s)
             self.ports.append(s.getsockname()[1])
             self._kernel_drops_base[len(self.socks) - 1] = udp_drops(s) or 0
+        if relays:
+            self._open_relays(relays, relay_key)
         self.received = 0
         self.last_datagram = time.monotonic()
         self._buf = bytearray(65536)
@@ -226,12 +279,35 @@ class CollectorSource:
         self._last_expire = None
         self._drained = False
 
+    def _open_relays(self, urls, key) -> None:
+        try:
+            import zmq
+        except ImportError:
+            self.close()
+            raise FlowprobeError("--collector-port tcp://: pyzmq is not installed",
+                                 status=2) from None
+        from engine.collect.relay import RelayReceiver
+        self._zctx = zmq.Context()
+        self._poller = zmq.Poller()
+        for s in self.socks:
+            self._poller.register(s, zmq.POLLIN)
+        for url in urls:
+            try:
+                r = RelayReceiver(self._zctx, url, key)
+            except zmq.ZMQError as e:
+                self.close()
+                raise FlowprobeError(f"--collector-port {url}: {e}", status=2) from None
+            self.relays.append(r)
+            self._poller.register(r.sock, zmq.POLLIN)
+
     # --- the source protocol ---------------------------------------------------------------
     def stop(self) -> None:
         self._stop = True
 
     def receive(self, timeout: float) -> list:
         """Up to BATCH_DATAGRAMS datagrams from every socket (waiting at most ``timeout``)."""
+        if self.relays:
+            return self._receive_all(timeout)
         try:
             ready, _, _ = select.select(self.socks, [], [], timeout)
         except (OSError, ValueError, InterruptedError):
@@ -249,6 +325,31 @@ class CollectorSource:
                 except OSError:
                     break
                 out.append((mv[:n].tobytes(), addr[0], now))
+        return out
+
+    def _receive_all(self, timeout: float) -> list:
+        """receive() with flowrelay sockets too: one zmq poll over UDP and ZeroMQ sockets."""
+        try:
+            ready = dict(self._poller.poll(int(timeout * 1000)))
+        except Exception:          # zmq.ZMQError (EINTR), closed sockets
+            ready = {}
+        out: list = []
+        now = time.time()
+        buf, mv = self._buf, self._mv
+        for s in self.socks:
+            if s not in ready:
+                continue
+            recv = s.recvfrom_into
+            for _ in range(BATCH_DATAGRAMS):
+                try:
+                    n, addr = recv(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                out.append((mv[:n].tobytes(), addr[0], now))
+        for r in self.relays:      # edge-triggered fd: always try, never rely on the poll alone
+            r.receive(now, out)
         return out
 
     def process(self, datagrams: list, now: Optional[float] = None) -> np.ndarray:
@@ -301,7 +402,7 @@ class CollectorSource:
         self._drained = True
         parts = [out] if len(out) else []
         for _ in range(64):                   # what is still queued in the sockets
-            dgrams = self.receive(0) if self.socks else []
+            dgrams = self.receive(0) if (self.socks or self.relays) else []
             if not dgrams:
                 break
             self.received += len(dgrams)
@@ -341,11 +442,22 @@ class CollectorSource:
             d["cache"] = dict(self.cache.stats, active=len(self.cache))
         if self.bad_dump is not None:
             d["bad_packets_written"] = self.bad_dump.written
+        if self.relays:
+            d["relays"] = [r.stats() for r in self.relays]
+            bad = sum(r.counters["bad_frames"] for r in self.relays)
+            d["collector"]["totals"]["relay_bad_frames"] = bad
+            d["collector_drops"]["flow_collection_drops"] += bad
         return d
 
     def close(self) -> None:
         for s in self.socks:
             s.close()
         self.socks = []
+        for r in self.relays:
+            r.close()
+        self.relays = []
+        if self._zctx is not None:
+            self._zctx.term()
+            self._zctx = None
         if self.bad_dump is not None:
             self.bad_dump.close()

@@ -20,6 +20,12 @@
   sent (per destination). ``-E TYPE:ID``: v5 engine type and id, v9 source id / IPFIX observation
   domain = ID.
 * Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers.
+* What the version cannot carry is counted, not guessed (proxy mode converts collected flows):
+  ``netflow_conversion_drops`` flows not sent at all (IPv6 flows to v5), also counted as
+  ``netflow_v5_ipv6_skipped``; ``netflow_values_clipped`` flows with a value too large for its
+  wire field (v5: 32-bit counters, 16-bit interface indexes; v9/IPFIX: -T fields narrower than
+  our column), sent as the field's largest value; ``netflow_fields_not_carried`` -T fields the
+  version has no element for (not sent, said once on stderr).
 """
 from __future__ import annotations
 
@@ -97,8 +103,9 @@ class WireTemplate:
         return b"".join(out)
 
 
-def wire_fields(template, version: int, warn=None) -> list[WireField]:
-    """The template's fields that NetFlow v9 / IPFIX can carry; the rest reported once."""
+def wire_fields(template, version: int, warn=None, skipped_out=None) -> list[WireField]:
+    """The template's fields that NetFlow v9 / IPFIX can carry; the rest reported once (and
+    appended to ``skipped_out``)."""
     out, skipped = [], []
     names = {f.name for f in template.fields}
     for f in template.fields:
@@ -114,6 +121,8 @@ def wire_fields(template, version: int, warn=None) -> list[WireField]:
         else:
             out.append(WireField(f, f.v9, f.pen or 0, f.element, f.length))
     skipped += [p.name for p in template.probe_fields]
+    if skipped_out is not None:
+        skipped_out.extend(skipped)
     if skipped and warn:
         warn(f"flowprobe: not exportable over NetFlow/IPFIX, not sent: {', '.join(skipped)}")
     return out
@@ -126,7 +135,7 @@ def _column(w: WireField, records: np.ndarray, base_ms: int) -> np.ndarray:
     kind = f.kind
     n = len(records)
     if kind == "uint":
-        return col.astype(np.uint64) & np.uint64((1 << (8 * w.length)) - 1) \
+        return np.minimum(col, np.uint64((1 << (8 * w.length)) - 1)) \
             if col.dtype.itemsize > w.length else col
     if kind == "sec":
         if w.time:
@@ -185,12 +194,17 @@ class NetFlowExporter:
         self.base_ms: Optional[int] = None
         self.clock_ms = 0
         self.counters = {"netflow_datagrams": 0, "netflow_flows": 0, "netflow_records": 0,
-                         "netflow_send_drops": 0, "netflow_v5_ipv6_skipped": 0}
+                         "netflow_send_drops": 0, "netflow_v5_ipv6_skipped": 0,
+                         "netflow_conversion_drops": 0, "netflow_values_clipped": 0,
+                         "netflow_fields_not_carried": 0}
+        self._narrow: list[tuple[str, int]] = []        # (column, largest value) that can clip
         self.templates: list[WireTemplate] = []
         self._pending: dict[int, list[bytes]] = {}
         if version != 5:
             tmpl = template if template is not None else parse_template(None)
-            wf = wire_fields(tmpl, version, self.warn)
+            skipped: list[str] = []
+            wf = wire_fields(tmpl, version, self.warn, skipped)
+            self.counters["netflow_fields_not_carried"] = len(skipped)
             if not wf:
                 raise FlowprobeError("-T: none of the fields can be exported over NetFlow/IPFIX",
                                      status=2)
@@ -202,6 +216,12 @@ class NetFlowExporter:
                 self.templates = [WireTemplate(template_id, 4, v4),
                                   WireTemplate(template_id + 1, 6, v6)]
             self._pending = {t.tid: [] for t in self.templates}
+            from engine.fields import RECORD_DTYPE
+            for w in wf:
+                col = w.field.column
+                if w.field.kind == "uint" and col in (RECORD_DTYPE.names or ()) \
+                        and RECORD_DTYPE[col].itemsize > w.length:
+                    self._narrow.append((col, (1 << (8 * w.length)) - 1))
             head = V9_HEADER.size if version == 9 else IPFIX_HEADER.size
             limit = min(self._limit(d.family) for d in self.dests)
             for t in self.templates:
@@ -239,6 +259,12 @@ class NetFlowExporter:
         if self.version == 5:
             self._export_v5(records)
             return
+        if self._narrow:
+            over = np.zeros(len(records), bool)
+            for col, top in self._narrow:
+                c = records[col]
+                over |= (c.reshape(len(c), -1) > top).any(axis=1)
+            self.counters["netflow_values_clipped"] += int(over.sum())
         fam = records["ip_version"]
         for t in self.templates:
             sel = records if t.family == 0 else records[fam == t.family]
@@ -256,8 +282,14 @@ class NetFlowExporter:
     def _export_v5(self, records: np.ndarray) -> None:
         v4 = records[records["ip_version"] == 4]
         self.counters["netflow_v5_ipv6_skipped"] += len(records) - len(v4)
+        self.counters["netflow_conversion_drops"] += len(records) - len(v4)
         if not len(v4):
             return
+        big = np.uint64(0xFFFFFFFF)
+        self.counters["netflow_values_clipped"] += int(
+            ((v4["in_pkts"] > big) | (v4["in_bytes"] > big) | (v4["out_pkts"] > big)
+             | (v4["out_bytes"] > big) | (v4["input_snmp"] > 0xFFFF)
+             | (v4["output_snmp"] > 0xFFFF)).sum())
         back = v4[v4["out_pkts"] > 0]
         n = len(v4) + len(back)
         arr = np.zeros(n, dtype=V5_DTYPE)
@@ -270,8 +302,8 @@ class NetFlowExporter:
             a = arr[part]
             a["src"] = addr(recs["src_addr" if fwd else "dst_addr"])
             a["dst"] = addr(recs["dst_addr" if fwd else "src_addr"])
-            a["input"] = recs["input_snmp" if fwd else "output_snmp"] & 0xFFFF
-            a["output"] = recs["output_snmp" if fwd else "input_snmp"] & 0xFFFF
+            a["input"] = np.minimum(recs["input_snmp" if fwd else "output_snmp"], 0xFFFF)
+            a["output"] = np.minimum(recs["output_snmp" if fwd else "input_snmp"], 0xFFFF)
             a["pkts"] = np.minimum(recs["in_pkts" if fwd else "out_pkts"], 0xFFFFFFFF)
             a["octets"] = np.minimum(recs["in_bytes" if fwd else "out_bytes"], 0xFFFFFFFF)
             a["first"] = (recs["first_ms"].astype(np.int64) - self.base_ms).clip(0, 0xFFFFFFFF)

@@ -1,0 +1,142 @@
+"""Proxy mode: flowprobe collects NetFlow/IPFIX (``-i none --collector-port``,
+``--collector-passthrough``) and re-exports it in another version (``-n``, ``-V``).
+
+softflowd exports a capture; a UDP tee sends the very datagrams both to a reference nfcapd and to
+flowprobe, which re-exports to a second nfcapd. ``nfdump -R`` of both must show the same flows,
+packets and bytes, except what the target version cannot carry (IPv6 flows to v5), which
+flowprobe counts (``netflow_conversion_drops``, in the exit summary's drops) instead of sending.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import PCAPS, ROOT
+from test_collect_live import Tee, free_port, wait_bound
+from test_netflow_export import Receiver, needs_nfdump, nfcapd_collect
+
+SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
+needs_softflowd = pytest.mark.skipif(not os.access(SOFTFLOWD, os.X_OK),
+                                     reason="softflowd not installed")
+
+
+def proxy_run(tmp_path, capture, in_version, out_version):
+    """(rows nfdump read from softflowd, rows nfdump read from flowprobe, flowprobe's stderr,
+    datagrams softflowd sent). Rows: (src, dst, in pkts, in bytes, out pkts, out bytes)."""
+    ref_port, fp_port, out_port = free_port(), free_port(), free_port()
+
+    def run_all():
+        fp = subprocess.Popen(
+            [sys.executable, "-m", "engine", "-i", "none", "--collector-port",
+             f"127.0.0.1:{fp_port}", "--collector-passthrough", "-n", f"127.0.0.1:{out_port}",
+             "-V", out_version, "--collector-idle-exit", "2"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_bound(fp_port)
+        tee = Tee([ref_port, fp_port])
+        try:
+            subprocess.run([SOFTFLOWD, "-r", str(PCAPS / capture), "-n",
+                            f"127.0.0.1:{tee.port}", "-v", in_version, "-c", "none"],
+                           capture_output=True, timeout=60, check=True)
+            deadline, last = time.time() + 10, -1
+            while time.time() < deadline and tee.count != last:
+                last = tee.count
+                time.sleep(0.5)
+        finally:
+            tee.close()
+        _, err = fp.communicate(timeout=30)
+        assert fp.returncode == 0, err
+        return err, tee.count
+
+    ours, (theirs, (err, count)) = nfcapd_collect(
+        tmp_path, out_port, lambda: nfcapd_collect(tmp_path, ref_port, run_all))
+    return theirs, ours, err, count
+
+
+def totals(rows):
+    return len(rows), sum(r[2] + r[4] for r in rows), sum(r[3] + r[5] for r in rows)
+
+
+@needs_nfdump
+@needs_softflowd
+@pytest.mark.parametrize("capture,in_version,out_version", [
+    ("1kxun.pcap", "5", "10"),          # the issue's case: v5 in, IPFIX out
+    ("1kxun.pcap", "10", "9"),          # and the reverse: IPFIX in, v9 out
+    ("http_ipv6.pcap", "10", "9"),      # IPv6 flows
+    ("6in6tunnel.pcap", "9", "10"),
+    ("1kxun.pcap", "10", "5"),          # IPv6 to v5 cannot be converted: counted, not sent
+])
+def test_proxy_totals_match_nfdump(tmp_path, pcaps_dir, capture, in_version, out_version):
+    theirs, ours, err, count = proxy_run(tmp_path, capture, in_version, out_version)
+    assert count > 0 and theirs
+    want = theirs
+    dropped = 0
+    if out_version == "5":
+        want = [r for r in theirs if ":" not in r[0]]
+        dropped = len(theirs) - len(want)
+        assert dropped > 0
+        assert f"netflow_conversion_drops={dropped}" in err, err
+    else:
+        assert "netflow_conversion_drops" not in err, err
+    assert ours == want
+    f, p, b = totals(ours)
+    print(f"\n{capture} v{in_version} -> v{out_version if out_version != '10' else '10 (IPFIX)'}: "
+          f"softflowd sent {count} datagrams; nfdump of softflowd: {totals(theirs)} "
+          f"(flows, packets, bytes); nfdump of flowprobe: flows {f}, packets {p}, bytes {b}"
+          + (f"; {dropped} IPv6 flows counted, not sent" if dropped else ""))
+
+
+# --- the counters, in process ----------------------------------------------------------------
+def records(n):
+    from engine.fields import RECORD_DTYPE
+    r = np.zeros(n, dtype=RECORD_DTYPE)
+    r["ip_version"] = 4
+    r["first_ms"] = r["last_ms"] = 1_700_000_000_000
+    r["in_pkts"] = 1
+    r["in_bytes"] = 100
+    r["protocol"] = 6
+    return r
+
+
+def test_v5_counts_what_it_cannot_carry():
+    from engine.export.netflow import NetFlowExporter
+    rx = Receiver()
+    e = NetFlowExporter([(rx.target, ("127.0.0.1", rx.port), socket.AF_INET)], version=5)
+    r = records(4)
+    r["ip_version"][0] = 6                  # not sent: v5 has no IPv6
+    r["in_bytes"][1] = 5_000_000_000        # over 32 bits: sent as 0xFFFFFFFF, counted
+    r["input_snmp"][2] = 70000              # over 16 bits: sent as 0xFFFF, counted
+    e.export(r)
+    e.close()
+    st = e.stats()
+    assert st["netflow_conversion_drops"] == st["netflow_v5_ipv6_skipped"] == 1
+    assert st["netflow_values_clipped"] == 2
+    (g,) = rx.drain()
+    assert struct.unpack_from(">H", g, 2)[0] == 3
+    octets = [struct.unpack_from(">I", g, 24 + 48 * i + 20)[0] for i in range(3)]
+    inputs = [struct.unpack_from(">H", g, 24 + 48 * i + 12)[0] for i in range(3)]
+    assert octets == [0xFFFFFFFF, 100, 100] and inputs == [0, 0xFFFF, 0]
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_v9_ipfix_count_fields_not_carried(version):
+    from engine.export.netflow import NetFlowExporter
+    from engine.export.templates import parse_template
+    rx = Receiver()
+    e = NetFlowExporter([(rx.target, ("127.0.0.1", rx.port), socket.AF_INET)], version=version,
+                        template=parse_template("%IN_PKTS %IN_BYTES %SEQ_PLEN %TUNNEL_TYPE"),
+                        warn=lambda line: None)
+    e.export(records(3))
+    e.close()
+    st = e.stats()
+    assert st["netflow_fields_not_carried"] == 2
+    assert st["netflow_conversion_drops"] == st["netflow_values_clipped"] == 0
+    assert st["netflow_records"] == 3
+    rx.drain()
