@@ -1,4 +1,8 @@
-"""Build the Cython extensions. Everything else is in pyproject.toml."""
+"""Build the Cython extensions (and the PF_RING cffi binding where libpfring is installed).
+Everything else is in pyproject.toml."""
+import os
+import sys
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -14,6 +18,14 @@ extensions = [
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
 ]
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bindings"))
+try:
+    from pfring_build import have_pfring
+except ImportError:                     # cffi missing at build time: no PF_RING binding
+    def have_pfring() -> bool:
+        return False
+
 setup(ext_modules=cythonize(extensions, language_level=3,
                             compiler_directives={"boundscheck": False, "wraparound": False,
-                                                 "cdivision": True}))
+                                                 "cdivision": True}),
+      cffi_modules=["bindings/pfring_build.py:ffibuilder"] if have_pfring() else [])

@@ -34,6 +34,8 @@ class ProbeConfig:
     stats_interval: float = 0.0          # -b: print statistics every this many seconds (0: never)
     interface_name: str = ""
     mode: str = "packet_collection"
+    shard_index: int = 0                 # issue 5: a worker of `-g` owns this hash shard
+    shard_count: int = 1                 # of this many (1: every packet; live fanout workers)
 
 
 @dataclass
@@ -45,7 +47,8 @@ class Probe:
     def __post_init__(self):
         c = self.config
         self.table = FlowTable(max_flows=c.max_flows, idle_timeout=c.idle_timeout,
-                               lifetime=c.lifetime, features=c.features)
+                               lifetime=c.lifetime, features=c.features,
+                               shard_index=c.shard_index, shard_count=c.shard_count)
         self.sources: list = []
         self.stop_requested = False
         self.started = time.time()
@@ -59,7 +62,7 @@ class Probe:
         self._current = None
         self._source_stats: list[dict] = []
         self.warnings: list[str] = []     # problems with the input, reported at the end
-        # packets not accounted -> rate-limited warnings (one line with a count)
+        # issue 8: packets not accounted -> rate-limited warnings (one line with a count)
         from engine.service import RateLimitedWarnings
         self._drop_warnings = RateLimitedWarnings(lambda line: self.log(line))
         self._drops_seen: dict = {}
@@ -163,7 +166,7 @@ class Probe:
             self.log(self.status_line(snap))
 
     def _warn_drops(self, snap: dict) -> None:
-        """One warning per drop reason when its counter grows, rate limited."""
+        """Issue 8: one warning per drop reason when its counter grows, rate limited."""
         drops = dict(snap["drops"])
         drops["kernel"] = snap["kernel_drops"]
         for reason, total in drops.items():
