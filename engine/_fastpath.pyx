@@ -1414,8 +1414,6 @@ cdef class FlowTable:
         return d
 
 
-MAP_POPULATE = getattr(__import__("mmap"), "MAP_POPULATE", 0)
-
 # --- pcap / pcapng reader ----------------------------------------------------------------------
 cdef class PcapReader:
     """Zero-copy reader of a pcap or pcapng file through mmap: ``next_batch`` fills a META_DTYPE
@@ -1444,8 +1442,7 @@ cdef class PcapReader:
         if self.size < 24:
             self._file.close()
             raise ValueError("not a pcap or pcapng file (only %d bytes)" % self.size)
-        # pre-fault the mapping in one go: per-page faults cost more than reading the packets
-        self._mmap = mmap.mmap(self._file.fileno(), 0, flags=mmap.MAP_SHARED | MAP_POPULATE,
+        self._mmap = mmap.mmap(self._file.fileno(), 0, flags=mmap.MAP_SHARED,
                                prot=mmap.PROT_READ)
         if hasattr(self._mmap, "madvise"):
             self._mmap.madvise(mmap.MADV_SEQUENTIAL)
