@@ -92,6 +92,20 @@ def _metrics(snap: dict):
     yield gauge("packets_per_second", "packets/s over the last second", snap["pps"])
     yield gauge("bits_per_second", "bits/s over the last second", snap["bps"])
     yield gauge("uptime_seconds", "seconds since start", snap["uptime"])
+    workers = snap.get("workers") or []       # -g: one series per worker
+    for name, key, doc, family in (
+            ("worker_packets", "packets", "packets accounted by each worker", CounterMetricFamily),
+            ("worker_drops", "drops", "packets each worker could not account", CounterMetricFamily),
+            ("worker_kernel_drops", "kernel_drops", "capture drops of each worker's handle",
+             CounterMetricFamily),
+            ("worker_active_flows", "active_flows", "flows in each worker's table",
+             GaugeMetricFamily),
+            ("worker_restarts", "restarts", "times each worker was restarted", CounterMetricFamily)):
+        if workers:
+            m = family(f"flowprobe_{name}", doc, labels=["worker", "core"])
+            for w in workers:
+                m.add_metric([str(w["index"]), str(w["core"])], w[key])
+            yield m
     m = GaugeMetricFamily("flowprobe_info", "probe information",
                           labels=["version", "interface", "mode", "hostname"])
     m.add_metric([str(snap.get("version", "")), str(snap.get("interface", "")),

@@ -372,12 +372,17 @@ def check_flows(out, first, n, allow_missing=()):
 @live
 def test_two_live_workers_capture_every_flow_once(veth):
     probe_ns, peer_ns, probe_if = veth
+    subprocess.run(["ip", "-n", probe_ns, "link", "set", "lo", "up"], check=True)
     run = Running(["ip", "netns", "exec", probe_ns, sys.executable, "-m", "engine", "-g",
-                   two_cores(), "-i", probe_if, "--dump-format", "json", "-b", "1"],
-                  stdout=subprocess.PIPE)
+                   two_cores(), "-i", probe_if, "--dump-format", "json", "-b", "1",
+                   "--metrics", "127.0.0.1:19177"], stdout=subprocess.PIPE)
     run.pids()                                   # both workers have reported statistics
     send(peer_ns, 41000, 40)
     time.sleep(1.5)
+    scrape = subprocess.run(["ip", "netns", "exec", probe_ns, sys.executable, "-c",
+                             "import urllib.request; print(urllib.request.urlopen("
+                             "'http://127.0.0.1:19177/metrics', timeout=10).read().decode())"],
+                            capture_output=True, text=True, timeout=30)
     run.proc.send_signal(signal.SIGINT)
     out, err = run.finish()
     assert run.proc.returncode == 0, err
@@ -389,6 +394,12 @@ def test_two_live_workers_capture_every_flow_once(veth):
         if m:
             finals[int(m[1])] = int(re.search(r"(\d+) pkts,", line)[1])
     assert finals[0] > 0 and finals[1] > 0, err  # the kernel spread the 40 flows over both
+    # the metrics endpoint has one series per worker, adding up to the probe's total
+    per_worker = [float(m[1]) for m in re.finditer(
+        r'^flowprobe_worker_packets_total\{core="\d+",worker="\d"\} (\S+)$', scrape.stdout, re.M)]
+    total = re.search(r"^flowprobe_packets_total (\S+)$", scrape.stdout, re.M)
+    assert len(per_worker) == 2 and total, scrape.stdout + scrape.stderr
+    assert sum(per_worker) == float(total[1]) > 0
 
 
 @live
