@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 import zmq
 
-from engine.export import tlv
+from engine.export._encode import decode_tlv
 
 TOPICS = (b"flow", b"event", b"counter", b"template", b"option", b"hello", b"listening-ports",
           b"snmp-ifaces", b"message")
@@ -108,9 +108,9 @@ def decode_payload(header: Header, payload: bytes) -> tuple[Any, str]:
         data = zlib.decompress(payload[1:])
     first = header.topic[:1]
     if header.tlv and first in ("f", "c"):
-        return tlv.decode(data), "tlv"
+        return decode_tlv(data), "tlv"
     if header.length == 24 and header.version == 3 or header.length == 28 and header.version == 3:
-        return tlv.decode(data), "tlv"
+        return decode_tlv(data), "tlv"
     lead = data.lstrip()[:1]
     if lead in (b"{", b"[") or not lead:
         try:

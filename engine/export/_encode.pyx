@@ -369,3 +369,93 @@ cdef class Encoder:
         finally:
             free(b.p)
         return out
+
+
+# --- decoding ------------------------------------------------------------------------------
+cdef inline uint64_t be(const uint8_t* p, int n) noexcept:
+    cdef uint64_t v = 0
+    cdef int k
+    for k in range(n):
+        v = (v << 8) | p[k]
+    return v
+
+
+cdef int WIDTH[16]
+WIDTH[:] = [0, 0, 1, 2, 4, 8, 1, 2, 4, 8, 4, -1, 0, 0, 0, 0]    # value bytes per type tag
+
+
+def decode_tlv(const uint8_t[::1] buf):
+    """TLV payload -> list of records ({key: value}), exactly as engine.export.tlv.decode (its
+    pure-Python reference, compared in the tests) but at C speed: for subscribers and tools."""
+    from engine.export.tlv import TLVError
+    cdef Py_ssize_t n = buf.shape[0], i = 2
+    cdef const uint8_t* p = &buf[0] if n else NULL
+    cdef int t, kt, vt, w
+    cdef Py_ssize_t ln
+    cdef uint64_t u
+    cdef float f
+    if n < 2 or p[0] != 1 or p[1] != 1:
+        raise TLVError("not a TLV payload (preamble is not 01 01)")
+    out = []
+    rec = {}
+    while i < n:
+        t = p[i]
+        i += 1
+        if t == 0:
+            break
+        if t == 1:
+            if rec:
+                out.append(rec)
+            rec = {}
+            continue
+        kt = t >> 4
+        vt = t & 15
+        if kt == T_U8 or kt == T_U16 or kt == T_U32:
+            w = WIDTH[kt]
+            if i + w > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            key = be(p + i, w)
+            i += w
+        elif kt == T_STRING:
+            if i + 2 > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            ln = <Py_ssize_t>be(p + i, 2)
+            if i + 2 + ln > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            key = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
+            i += 2 + ln
+        else:
+            raise TLVError(f"unsupported TLV key type {kt} at offset {i - 1}")
+        if vt < 2 or vt > 11:
+            raise TLVError(f"unsupported TLV value type {vt} at offset {i - 1}")
+        if vt == T_STRING:
+            if i + 2 > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            ln = <Py_ssize_t>be(p + i, 2)
+            if i + 2 + ln > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            val = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
+            i += 2 + ln
+        else:
+            w = WIDTH[vt]
+            if i + w > n:
+                raise TLVError("TLV item runs past the end of the payload")
+            u = be(p + i, w)
+            i += w
+            if vt <= T_U64:
+                val = u
+            elif vt == 10:                         # float: host (little-endian) byte order
+                memcpy(&f, p + i - 4, 4)
+                val = <double>f
+            elif w == 1:
+                val = <signed char>u
+            elif w == 2:
+                val = <short>u
+            elif w == 4:
+                val = <int>u
+            else:
+                val = <long long>u
+        rec[key] = val
+    if rec:
+        out.append(rec)
+    return out

@@ -217,7 +217,7 @@ def decode(buf: bytes) -> list[dict]:
             if i > n:
                 raise TLVError("TLV item runs past the end of the payload")
             rec[key] = val
-    except struct.error:
+    except (struct.error, IndexError):
         raise TLVError("TLV item runs past the end of the payload") from None
     if rec:
         out.append(rec)
