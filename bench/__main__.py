@@ -13,9 +13,13 @@ import sys
 # name -> module. A module either has HELP, add_arguments(parser) and run(args), or just
 # main(argv) -> int, which then gets the arguments after the sub-command name.
 SUBCOMMANDS: dict[str, str] = {
-    "engine": "bench.engine",
-    "collector": "bench.collector",
-    "export": "bench.export",
+    "all": "bench.all",                      # collector + probe + export, charts, --save
+    "collector": "bench.zmqcollector",       # nProbe 9.0's table: collector -> ZeroMQ subscriber
+    "probe": "bench.probe",                  # packets/s, flows/s beside softflowd/nfstream/pmacctd
+    "export": "bench.export",                # ZeroMQ export per format, with/without zlib
+    "engine": "bench.engine",                # fast path, end to end, bytes per flow
+    "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
+    "workers": "bench.workers",              # -g with 1 and 2 workers, file and live (issue 5)
 }
 
 

@@ -8,7 +8,7 @@ Two measurements per case:
   in this process; every datagram is accounted: received, dropped by the kernel (the socket's
   drop counter), or missing (sent - received - kernel drops; should be 0).
 
-Usage: python -m bench.collector [--records N] [--udp/--no-udp] [--json FILE]
+Usage: python -m bench collector-parse [--records N] [--udp/--no-udp] [--json FILE]
 """
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def _records(fields, start: int, n: int, nflows: int) -> bytes:
     return a.tobytes()
 
 
-def build(version: int, total_records: int, nflows: int) -> list[bytes]:
+def build(version: int, total_records: int, nflows: int, first: int = 0) -> list[bytes]:
     """Datagrams of RECORDS_PER_DATAGRAM records; the template in the first one and every 100th
-    (template refresh, as routers do)."""
+    (template refresh, as routers do). Record i has flow key (first + i) % nflows."""
     fields = FIELDS if version == 9 else FIELDS_IPFIX
     out = []
     ndg = total_records // RECORDS_PER_DATAGRAM
@@ -66,7 +66,7 @@ def build(version: int, total_records: int, nflows: int) -> list[bytes]:
             body = struct.pack(">HH", 256, len(fields)) + b"".join(
                 struct.pack(">HH", e, ln) for e, ln in fields)
             sets.append(struct.pack(">HH", 0 if version == 9 else 2, 4 + len(body)) + body)
-        recs = _records(fields, i * RECORDS_PER_DATAGRAM, RECORDS_PER_DATAGRAM, nflows)
+        recs = _records(fields, first + i * RECORDS_PER_DATAGRAM, RECORDS_PER_DATAGRAM, nflows)
         pad = (-len(recs)) % 4 if version == 9 else 0
         sets.append(struct.pack(">HH", 256, 4 + len(recs) + pad) + recs + b"\0" * pad)
         body = b"".join(sets)
@@ -192,7 +192,8 @@ def _show(label, flag, u):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench collector", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench collector-parse",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=600000)
     ap.add_argument("--flows", type=int, default=100000, help="distinct flow keys")
     ap.add_argument("--no-udp", action="store_true", help="only the in-memory parse rate")

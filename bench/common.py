@@ -135,10 +135,39 @@ class ChildResult:
         return self.cpu_user_s + self.cpu_sys_s
 
 
+# Linux keeps a process's peak RSS across execve: a child forked from a large benchmark process
+# reports (in ru_maxrss) at least its parent's RSS at the fork. GNU time, a small process, forks the
+# command itself, so its %M is the command's own peak; the CPU time still comes from os.wait4.
+GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+
+
 def run_child(argv: Sequence[str], capture_stdout: bool = False, timeout: float = 900,
               env: Optional[dict] = None, cwd: Optional[str] = None) -> ChildResult:
     """Run a command to completion; wall time, and CPU time and peak RSS of it and its waited-for
-    descendants (os.wait4). stdout goes to /dev/null unless captured; stderr is kept."""
+    descendants (os.wait4; peak RSS through GNU time when installed, see GNU_TIME). stdout goes to
+    /dev/null unless captured; stderr is kept."""
+    rss_file = None
+    if GNU_TIME:
+        fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        argv = [GNU_TIME, "-f", "%M", "-o", rss_file, *argv]
+    try:
+        res = _run_child(argv, capture_stdout, timeout, env, cwd)
+        if rss_file:
+            res.argv = res.argv[5:]
+            try:
+                lines = open(rss_file).read().split()
+                res.maxrss_bytes = int(lines[-1]) * 1024
+            except (OSError, ValueError, IndexError):
+                pass
+        return res
+    finally:
+        if rss_file:
+            os.unlink(rss_file)
+
+
+def _run_child(argv: Sequence[str], capture_stdout: bool, timeout: float,
+               env: Optional[dict], cwd: Optional[str]) -> ChildResult:
     with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,

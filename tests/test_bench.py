@@ -1,0 +1,93 @@
+"""Smoke test of the benchmark harness (issue 7): ``python -m bench all --quick`` produces the
+collector, probe and export tables, and they are internally consistent (rates positive, every
+record accounted: sent = received + counted drops). It asserts no speed.
+
+The peers (softflowd, nfstream, pmacctd) are left out here to keep the test short; ``--quick``
+without ``--no-peers`` runs them.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("zmq")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    stem = tmp_path_factory.mktemp("bench") / "bench"
+    p = subprocess.run([sys.executable, "-m", "bench", "all", "--quick", "--no-peers",
+                        "--out", str(stem)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(stem.with_suffix(".json").read_text())
+    return p.stdout, res, stem
+
+
+def test_tables_on_stdout(quick):
+    out, res, stem = quick
+    for title in ("### Collector", "### Probe", "### Export"):
+        assert title in out
+    assert "| `--zmq-format j --disable-cache` |" in out
+    assert "published figures, other hardware" in out
+    assert stem.with_suffix(".md").read_text().strip() == out.strip()
+
+
+def test_machine_description(quick):
+    m = quick[1]["machine"]
+    for k in ("cpu_model", "logical_cpus", "kernel", "python", "versions"):
+        assert m[k]
+    assert quick[1]["problems"] == []
+
+
+def test_collector_rows_accounted(quick):
+    rows = quick[1]["tables"]["collector"]["rows"]
+    assert [(r["format"], r["mode"]) for r in rows] == [
+        ("j", "nocache"), ("t", "nocache"), ("j", "passthrough"), ("t", "passthrough"),
+        ("j", "cache"), ("t", "cache")]
+    assert rows[0]["improvement"] == pytest.approx(1.0)
+    assert [r["published"] for r in rows[:4]] == [33000, 73000, 58000, 220000]
+    for r in rows:
+        assert r["egress_flows_per_s"]["median"] > 0
+        assert r["flows_per_cpu_s"]["median"] > 0
+        for run in r["runs"] + r["paced"]:
+            assert run["sent"] > 0
+            assert run["sent"] == run["received"] + run["kernel_drops"] + run["export_drops"] \
+                + run["unaccounted"]
+            assert run["unaccounted"] == 0, run
+            assert run["kernel_drops"] % 30 == 0
+        assert r["sent"] == r["received"] + r["kernel_drops"] + r["export_drops"]
+
+
+def test_probe_rows(quick):
+    t = quick[1]["tables"]["probe"]
+    labels = [r["label"] for r in t["rows"]]
+    assert "flowprobe -n none" in labels and "flowprobe -n none --no-features" in labels
+    for r in t["rows"]:
+        assert r["pkts_per_s"]["median"] > 0
+        assert r["cpu_s"]["median"] > 0
+        assert r["maxrss_bytes"]["median"] > 0
+        if r["kind"] == "flowprobe":            # checked against the capture's sidecar
+            assert r["packets"] == t["capture"]["packets"]
+            assert r["flows"] == t["capture"]["flows"]
+
+
+def test_export_rows_accounted(quick):
+    rows = quick[1]["tables"]["export"]["rows"]
+    assert {(r["format"], r["compress"]) for r in rows} == {
+        (f, c) for f in "tjm" for c in (False, True)}
+    for r in rows:
+        assert r["flows_per_s"]["median"] > 0
+        assert r["sent"] == r["received"] + r["dropped_counted"] + r["unaccounted"]
+        assert r["unaccounted"] == 0
+
+
+def test_charts(quick):
+    pytest.importorskip("matplotlib")
+    charts = quick[1]["charts"]
+    assert len(charts) == 3
+    for c in charts:
+        assert (ROOT / c).stat().st_size > 1000
