@@ -63,9 +63,8 @@ class Probe:
         self._source_stats: list[dict] = []
         self.warnings: list[str] = []     # problems with the input, reported at the end
         # issue 8: packets not accounted -> rate-limited warnings (one line with a count)
-        from engine.service import RateLimitedWarnings
-        self._drop_warnings = RateLimitedWarnings(lambda line: self.log(line))
-        self._drops_seen: dict = {}
+        from engine.service import DropWarnings
+        self._drop_warnings = DropWarnings(lambda line: self.log(line))
 
     # --- running ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -98,8 +97,7 @@ class Probe:
             snap = self.snapshot()           # the final statistics reach the exporters too
             for e in self.exporters:
                 e.tick(snap)
-            self._warn_drops(snap)
-            self._drop_warnings.flush(force=True)
+            self._drop_warnings.update(snap, force=True)
         finally:
             for e in self.exporters:
                 e.close()
@@ -160,22 +158,10 @@ class Probe:
         snap = self.snapshot(st)
         for e in self.exporters:
             e.tick(snap)
-        self._warn_drops(snap)
+        self._drop_warnings.update(snap)
         if self.config.stats_interval and now - self._last_print >= self.config.stats_interval:
             self._last_print = now
             self.log(self.status_line(snap))
-
-    def _warn_drops(self, snap: dict) -> None:
-        """Issue 8: one warning per drop reason when its counter grows, rate limited."""
-        drops = dict(snap["drops"])
-        drops["kernel"] = snap["kernel_drops"]
-        for reason, total in drops.items():
-            new = total - self._drops_seen.get(reason, 0)
-            if new > 0:
-                self._drops_seen[reason] = total
-                self._drop_warnings.warn(reason, "flowprobe: warning: {count}{more} packets not "
-                                         f"accounted ({reason}){{period}}", new)
-        self._drop_warnings.flush()
 
     # --- statistics ---------------------------------------------------------------------
     def snapshot(self, table_stats: Optional[dict] = None) -> dict:

@@ -174,6 +174,26 @@ def drop_privileges(user: str) -> None:
 
 
 # --- rate-limited warnings ------------------------------------------------------------------
+class DropWarnings:
+    """A warning when a drop counter of the statistics grows: one line per reason at once,
+    then at most one a window with the count (never one per packet)."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.limiter = RateLimitedWarnings(emit)
+        self.seen: dict[str, int] = {}
+
+    def update(self, snap: dict, force: bool = False) -> None:
+        drops = dict(snap["drops"])
+        drops["kernel"] = snap["kernel_drops"]
+        for reason, total in drops.items():
+            new = total - self.seen.get(reason, 0)
+            if new > 0:
+                self.seen[reason] = total
+                self.limiter.warn(reason, "flowprobe: warning: {count}{more} packets not "
+                                  f"accounted ({reason}){{period}}", new)
+        self.limiter.flush(force=force)
+
+
 class RateLimitedWarnings:
     """The first warning of a kind is logged at once; more of the same kind within `window`
     seconds are only counted, and one line with the total follows when the window ends (or at

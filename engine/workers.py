@@ -347,12 +347,8 @@ class Supervisor:
         self._last_message = 0.0
         self._error: Optional[str] = None
         self._cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        try:                                # issue 8's rate-limited drop warnings, as Probe
-            from engine.service import RateLimitedWarnings
-            self._drop_warnings = RateLimitedWarnings(lambda line: self.log(line))
-        except ImportError:
-            self._drop_warnings = None
-        self._drops_seen: dict = {}
+        from engine.service import DropWarnings
+        self._drop_warnings = DropWarnings(lambda line: self.log(line))
         self.tmpdir = tempfile.mkdtemp(prefix="flowprobe-")
         self.endpoint = f"ipc://{self.tmpdir}/flows"
         self.ctx = zmq.Context(1)
@@ -404,7 +400,7 @@ class Supervisor:
             snap = self.snapshot()
             for e in self.exporters:
                 e.tick(snap)
-            self._warn_drops(snap, force=True)
+            self._drop_warnings.update(snap, force=True)
             if self.verbose:
                 for line in self.worker_lines(snap):
                     self.log(line)
@@ -585,25 +581,12 @@ class Supervisor:
             w.prev_packets = packets
         for e in self.exporters:
             e.tick(snap)
-        self._warn_drops(snap)
+        self._drop_warnings.update(snap)
         if self.config.stats_interval and now - self._last_print >= self.config.stats_interval:
             self._last_print = now
             self.log(self.status_line(snap))
             for line in self.worker_lines(snap):
                 self.log(line)
-
-    def _warn_drops(self, snap: dict, force: bool = False) -> None:
-        if self._drop_warnings is None:
-            return
-        drops = dict(snap["drops"])
-        drops["kernel"] = snap["kernel_drops"]
-        for reason, total in drops.items():
-            new = total - self._drops_seen.get(reason, 0)
-            if new > 0:
-                self._drops_seen[reason] = total
-                self._drop_warnings.warn(reason, "flowprobe: warning: {count}{more} packets not "
-                                         f"accounted ({reason}){{period}}", new)
-        self._drop_warnings.flush(force=force) if force else self._drop_warnings.flush()
 
     def snapshot(self) -> dict:
         """The keys of Probe.snapshot(), summed over the workers (the dead ones' last statistics

@@ -5,49 +5,14 @@ the test itself, from inside the namespace, to the other end of the veth pair: n
 machine."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 
-import pytest
+from conftest import HOST_IP, NS_IP, ROOT, live
 
-from conftest import ROOT
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                                reason="live capture on veth needs root and iproute2")
-
-HOST_IP, NS_IP = "192.0.2.1", "192.0.2.2"        # TEST-NET-1, only on the test's own veth pair
-
-
-def sh(*cmd):
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def veth():
-    """Two namespaces joined by a veth pair: the probe captures in one, traffic comes from the
-    other."""
-    tag = uuid.uuid4().hex[:6]
-    probe_ns, peer_ns, probe_if, peer_if = f"fpp{tag}", f"fpq{tag}", f"fpa{tag}", f"fpb{tag}"
-    try:
-        sh("ip", "netns", "add", probe_ns)
-        sh("ip", "netns", "add", peer_ns)
-        sh("ip", "link", "add", probe_if, "netns", probe_ns, "type", "veth", "peer", "name",
-           peer_if, "netns", peer_ns)
-        sh("ip", "-n", probe_ns, "addr", "add", f"{HOST_IP}/24", "dev", probe_if)
-        sh("ip", "-n", probe_ns, "link", "set", probe_if, "up")
-        sh("ip", "-n", peer_ns, "addr", "add", f"{NS_IP}/24", "dev", peer_if)
-        sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
-    except subprocess.CalledProcessError as e:
-        for ns in (probe_ns, peer_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
-    yield probe_ns, peer_ns, probe_if
-    for ns in (probe_ns, peer_ns):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+pytestmark = live
 
 
 SENDER = """

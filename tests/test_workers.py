@@ -14,11 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
-from conftest import ROOT, corpus_files
+from conftest import HOST_IP, NS_IP, ROOT, corpus_files, live
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 WORKER_LINE = re.compile(r"worker (\d+) core (\d+) pid (\d+):")
@@ -298,37 +297,6 @@ os.replace(out, os.path.join({str(pkg)!r}, os.path.basename(out)))
 
 
 # --- live: two workers on a veth pair -------------------------------------------------------------
-live = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                          reason="live capture on veth needs root and iproute2")
-HOST_IP, NS_IP = "192.0.2.1", "192.0.2.2"        # TEST-NET-1, only on the test's own veth pair
-
-
-def sh(*cmd):
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def veth():
-    tag = uuid.uuid4().hex[:6]
-    probe_ns, peer_ns, probe_if, peer_if = f"fwp{tag}", f"fwq{tag}", f"fwa{tag}", f"fwb{tag}"
-    try:
-        sh("ip", "netns", "add", probe_ns)
-        sh("ip", "netns", "add", peer_ns)
-        sh("ip", "link", "add", probe_if, "netns", probe_ns, "type", "veth", "peer", "name",
-           peer_if, "netns", peer_ns)
-        sh("ip", "-n", probe_ns, "addr", "add", f"{HOST_IP}/24", "dev", probe_if)
-        sh("ip", "-n", probe_ns, "link", "set", probe_if, "up")
-        sh("ip", "-n", peer_ns, "addr", "add", f"{NS_IP}/24", "dev", peer_if)
-        sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
-    except subprocess.CalledProcessError as e:
-        for ns in (probe_ns, peer_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
-    yield probe_ns, peer_ns, probe_if
-    for ns in (probe_ns, peer_ns):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 SENDER = """
 import socket, sys, time
 host, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
