@@ -312,20 +312,21 @@ class CollectorSource:
             ready, _, _ = select.select(self.socks, [], [], timeout)
         except (OSError, ValueError, InterruptedError):
             return []
-        out = []
-        now = time.time()
+        out: list = []
+        self._drain_udp(ready, time.time(), out)
+        return out
+
+    def _drain_udp(self, ready, now: float, out: list) -> None:
+        """Up to BATCH_DATAGRAMS datagrams from each ready UDP socket, as (bytes, sender, time)."""
         buf, mv = self._buf, self._mv
         for s in ready:
             recv = s.recvfrom_into
             for _ in range(BATCH_DATAGRAMS):
                 try:
                     n, addr = recv(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
+                except OSError:            # BlockingIOError (drained), EINTR, socket errors
                     break
                 out.append((mv[:n].tobytes(), addr[0], now))
-        return out
 
     def _receive_all(self, timeout: float) -> list:
         """receive() with flowrelay sockets too: one zmq poll over UDP and ZeroMQ sockets."""
@@ -335,19 +336,7 @@ class CollectorSource:
             ready = {}
         out: list = []
         now = time.time()
-        buf, mv = self._buf, self._mv
-        for s in self.socks:
-            if s not in ready:
-                continue
-            recv = s.recvfrom_into
-            for _ in range(BATCH_DATAGRAMS):
-                try:
-                    n, addr = recv(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                out.append((mv[:n].tobytes(), addr[0], now))
+        self._drain_udp([s for s in self.socks if s in ready], now, out)
         for r in self.relays:      # edge-triggered fd: always try, never rely on the poll alone
             r.receive(now, out)
         return out
