@@ -284,6 +284,8 @@ def test_pmacctd_sfprobe_cache(capture, tmp_path, pcaps_dir):
     frames = []
     for line in out.splitlines():
         fl, st = line.split("\t")
+        if not fl:                 # a datagram of counter samples only: no sampled header
+            continue
         frames += [int(a) - int(b) - 14 for a, b in zip(fl.split(","), st.split(","))]
     assert sum(d["IN_PKTS"] + d["OUT_PKTS"] for d in ours) == len(frames) > 0
     assert sum(d["IN_BYTES"] + d["OUT_BYTES"] for d in ours) == sum(frames)
