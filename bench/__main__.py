@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "bench.export",                # ZeroMQ export per format, with/without zlib
     "engine": "bench.engine",                # fast path, end to end, bytes per flow
     "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
-    "workers": "bench.workers",              # -g with 1 and 2 workers, file and live (issue 5)
+    "workers": "bench.workers",              # -g with 1 and 2 workers, file and live
 }
 
 

@@ -1,4 +1,4 @@
-"""``python -m bench workers``: packets/s of `-g` with 1 and 2 worker processes (issue 5).
+"""``python -m bench workers``: packets/s of `-g` with 1 and 2 worker processes.
 
 File: `flowprobe -n none -b 1 -i CAPTURE` without -g, with `-g C0` and with `-g C0,C1`, run in
 turn (side by side, interleaved, --repeat times) on the same generated capture (page cache warm).

@@ -62,12 +62,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-b", "--verbose", type=_int_range(0, 2, "verbosity"), default=0,
                    metavar="LEVEL", help="1: print statistics every second to stderr")
     p.add_argument("--version", action="version", version=f"flowprobe {__version__}")
-    # issue 5: multi-core capture (engine/workers.py) and PF_RING (engine/sources/pfring.py)
+    # multi-core capture (engine/workers.py) and PF_RING (engine/sources/pfring.py)
     p.add_argument("-g", "--cpu-affinity", metavar="CORES",
                    help="one capture worker process per core, pinned (e.g. 0,1 or 0-3 or 1,3-5)")
     p.add_argument("--pfring", action="store_true",
                    help="capture on interfaces through PF_RING (same as -i pfring:IFACE)")
-    importlib.import_module("engine.service").add_arguments(p)     # issue 8: service flags
+    importlib.import_module("engine.service").add_arguments(p)     # service flags
     for name in EXPORTER_MODULES + SOURCE_MODULES:
         importlib.import_module(name).add_arguments(p)
     return p
@@ -87,7 +87,7 @@ def _packet_sources(inputs: list[str], args) -> list:
                 sources.append(FileSource(item))
         elif item.startswith("pfring:") or (args.pfring and
                                             os.path.exists(f"/sys/class/net/{item}")):
-            from engine.sources.pfring import PfringSource          # issue 5
+            from engine.sources.pfring import PfringSource
             sources.append(PfringSource(item.split(":", 1)[-1], snaplen=args.snaplen,
                                         promisc=not args.no_promisc, bpf=args.bpf_filter))
         elif os.path.exists(f"/sys/class/net/{item}") or item in ("any", "lo"):
@@ -104,7 +104,7 @@ def run(argv: list[str]) -> int:
     from engine.fields import DEFAULT_TEMPLATE
     from engine.probe import Probe, ProbeConfig
 
-    from engine import config as config_file, service     # issue 8: appliance operation
+    from engine import config as config_file, service
     parser = build_parser()
     args = parser.parse_args(config_file.expand_argv(argv, parser))
     reopen_logs = service.setup_logging(args)
@@ -115,7 +115,7 @@ def run(argv: list[str]) -> int:
                          lifetime=args.lifetime_timeout, features=not args.no_features,
                          stats_interval=1.0 if args.verbose >= 1 else 0.0,
                          interface_name=",".join(args.interface))
-    if args.cpu_affinity:                     # issue 5: workers open their own captures
+    if args.cpu_affinity:                     # workers open their own captures
         from engine import workers
         cores = workers.parse_cores(args.cpu_affinity)
         sources = [workers.plan_inputs(args.interface, args)]
@@ -139,14 +139,14 @@ def run(argv: list[str]) -> int:
             names += COLLECTOR_FIELDS
         exporters.append(DumpExporter(sys.stdout, args.dump_format or "text", names))
 
-    if args.cpu_affinity:                     # issue 5: a supervisor with Probe's interface
+    if args.cpu_affinity:                     # a supervisor with Probe's interface
         probe = workers.Supervisor(config, exporters, sources[0], cores, log=service.probe_log,
                                    user=args.user, verbose=args.verbose)
     else:
         probe = Probe(config, exporters, log=service.probe_log)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: probe.stop())
-    # issue 8: SIGHUP reopens logs; pid file; privileges dropped once the captures are open
+    # SIGHUP reopens logs; pid file; privileges dropped once the captures are open
     service.install_sighup(reopen_logs)
     if args.pid_file:
         service.write_pid_file(args.pid_file)

@@ -34,7 +34,7 @@ class ProbeConfig:
     stats_interval: float = 0.0          # -b: print statistics every this many seconds (0: never)
     interface_name: str = ""
     mode: str = "packet_collection"
-    shard_index: int = 0                 # issue 5: a worker of `-g` owns this hash shard
+    shard_index: int = 0                 # a worker of `-g` owns this hash shard
     shard_count: int = 1                 # of this many (1: every packet; live fanout workers)
 
 
@@ -62,7 +62,7 @@ class Probe:
         self._current = None
         self._source_stats: list[dict] = []
         self.warnings: list[str] = []     # problems with the input, reported at the end
-        # issue 8: packets not accounted -> rate-limited warnings (one line with a count)
+        # packets not accounted -> rate-limited warnings (one line with a count)
         from engine.service import DropWarnings
         self._drop_warnings = DropWarnings(lambda line: self.log(line))
 
