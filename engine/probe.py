@@ -207,31 +207,40 @@ class Probe:
             "hostname": socket.gethostname(),
         }
 
-    @staticmethod
-    def _drops_text(snap: dict) -> str:
-        drops = {k: v for k, v in snap["drops"].items() if v}
-        if snap["kernel_drops"]:
-            drops["kernel"] = snap["kernel_drops"]
-        for k, v in snap["exporters"].items():
-            if "drop" in k and v:
-                drops[k] = v
-        return " ".join(f"{k}={v}" for k, v in drops.items()) or "none"
-
     def status_line(self, snap: dict) -> str:
-        return (f"flowprobe: {snap['pps']:.0f} pkts/s {snap['bps'] / 1e6:.2f} Mbit/s, "
-                f"{snap['packets']} pkts, {snap['active_flows']} active flows, "
-                f"{snap['exported_flows']} exported, drops: {self._drops_text(snap)}"
-                + self._collector_text())
+        return status_line(snap, self._collector_text())
 
     def _collector_text(self) -> str:
         text = status_text(self._source_stats)
         return f", {text}" if text else ""
 
     def summary_line(self) -> str:
-        snap = self.snapshot()
-        secs = max(time.time() - self.started, 1e-9)
-        return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes on the wire) "
-                f"in {secs:.2f} s "
-                f"({snap['packets'] / secs:.0f} pkts/s), {snap['flows_created']} flows, "
-                f"{snap['exported_flows']} flows exported, drops: {self._drops_text(snap)}"
-                + self._collector_text())
+        return summary_line(self.snapshot(), time.time() - self.started, self._collector_text())
+
+
+# --- the lines -b and the end of a run print (one process or -g workers alike) -----------------
+def drops_text(snap: dict) -> str:
+    """Every non-zero drop counter of a snapshot: decode reasons, kernel, exporters, lost flows."""
+    drops = {k: v for k, v in snap["drops"].items() if v}
+    if snap["kernel_drops"]:
+        drops["kernel"] = snap["kernel_drops"]
+    for k, v in snap["exporters"].items():
+        if "drop" in k and v:
+            drops[k] = v
+    if snap.get("lost_flows"):
+        drops["lost_flows"] = snap["lost_flows"]
+    return " ".join(f"{k}={v}" for k, v in drops.items()) or "none"
+
+
+def status_line(snap: dict, extra: str = "") -> str:
+    return (f"flowprobe: {snap['pps']:.0f} pkts/s {snap['bps'] / 1e6:.2f} Mbit/s, "
+            f"{snap['packets']} pkts, {snap['active_flows']} active flows, "
+            f"{snap['exported_flows']} exported, drops: {drops_text(snap)}{extra}")
+
+
+def summary_line(snap: dict, seconds: float, extra: str = "") -> str:
+    secs = max(seconds, 1e-9)
+    return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes on the wire) "
+            f"in {secs:.2f} s ({snap['packets'] / secs:.0f} pkts/s), "
+            f"{snap['flows_created']} flows, {snap['exported_flows']} flows exported, "
+            f"drops: {drops_text(snap)}{extra}")

@@ -51,6 +51,7 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import FlowprobeError
+from engine.probe import status_line, summary_line
 
 DRAIN_WAIT_S = 15.0          # SIGINT/SIGTERM: how long the parent waits for every worker's flows
 EXIT_GRACE_S = 2.0           # a worker that exited 0 without D: dead once no message came this long
@@ -634,19 +635,8 @@ class Supervisor:
             "workers": workers,
         }
 
-    def _drops_text(self, snap: dict) -> str:
-        from engine.probe import Probe
-        text = Probe._drops_text(snap)
-        if snap["lost_flows"]:
-            extra = f"lost_flows={snap['lost_flows']}"
-            text = extra if text == "none" else f"{text} {extra}"
-        return text
-
     def status_line(self, snap: dict) -> str:
-        return (f"flowprobe: {snap['pps']:.0f} pkts/s {snap['bps'] / 1e6:.2f} Mbit/s, "
-                f"{snap['packets']} pkts, {snap['active_flows']} active flows, "
-                f"{snap['exported_flows']} exported, drops: {self._drops_text(snap)}, "
-                f"{len(self.workers)} workers")
+        return status_line(snap, f", {len(self.workers)} workers")
 
     @staticmethod
     def worker_lines(snap: dict) -> list[str]:
@@ -667,12 +657,8 @@ class Supervisor:
                 f"{cpu:.2f} s ({per:.2f} us per flow, exporters included)")
 
     def summary_line(self) -> str:
-        snap = self.snapshot()
-        secs = max(time.time() - self.started, 1e-9)
-        return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes on the wire) "
-                f"in {secs:.2f} s ({snap['packets'] / secs:.0f} pkts/s), "
-                f"{snap['flows_created']} flows, {snap['exported_flows']} flows exported, "
-                f"drops: {self._drops_text(snap)}, {len(self.workers)} workers")
+        return summary_line(self.snapshot(), time.time() - self.started,
+                            f", {len(self.workers)} workers")
 
 
 _DTYPE = None
