@@ -38,17 +38,29 @@ def free_port() -> int:
     return port
 
 
-def wait_bound(port: int, timeout: float = 10.0) -> None:
-    """Until something listens on UDP 127.0.0.1:port."""
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket (v4 or v6) is bound to port, read from /proc: probing by binding the
+    port ourselves would race with the process that is about to bind it."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                if any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in f):
+                    return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_bound(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """Until something listens on UDP port; fails at once if proc, which should bind it, died."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
+        if udp_bound(port):
             return
-        finally:
-            s.close()
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before binding "
+                               f"UDP {port}")
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on UDP {port}")
 
@@ -98,7 +110,7 @@ class Flowprobe:
              f"127.0.0.1:{port}", "--dump-format", "json", "--collector-idle-exit",
              str(idle_exit), *extra],
             cwd=ROOT, stdout=self.out, stderr=subprocess.PIPE, text=True)
-        wait_bound(port)
+        wait_bound(port, self.proc)
 
     def finish(self, timeout: float = 30.0, terminate: bool = True):
         if terminate:
@@ -119,7 +131,7 @@ class Nfcapd:
         self.proc = subprocess.Popen(["nfcapd", "-w", self.dir, "-p", str(port),
                                       "-b", "127.0.0.1"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_bound(port)
+        wait_bound(port, self.proc)
 
     def finish(self) -> list:
         self.proc.send_signal(signal.SIGTERM)

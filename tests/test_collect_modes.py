@@ -5,7 +5,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from engine.fields import records_to_dicts
 
 from conftest import ROOT
 from test_collect_exports import EXPORTS, udp_payloads
+from test_collect_live import wait_bound
 
 MUST_CARRY = ("EXPORTER_IPV4_ADDRESS", "INPUT_SNMP", "OUTPUT_SNMP", "OBSERVATION_POINT_ID")
 
@@ -120,7 +120,7 @@ def test_cli_collects_replayed_datagrams(tmp_path):
                              "--dump-bad-packets", str(tmp_path / "bad.pcap")],
                             cwd=ROOT, stdout=open(tmp_path / "out.json", "w"),
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    wait_bound(port, proc)
     dg = udp_payloads(EXPORTS / "softflowd-netflow-v9.pcap")
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for d, _a, _t in dg:

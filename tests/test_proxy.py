@@ -39,7 +39,7 @@ def proxy_run(tmp_path, capture, in_version, out_version):
              f"127.0.0.1:{fp_port}", "--collector-passthrough", "-n", f"127.0.0.1:{out_port}",
              "-V", out_version, "--collector-idle-exit", "2"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_bound(fp_port)
+        wait_bound(fp_port, fp)
         tee = Tee([ref_port, fp_port])
         try:
             subprocess.run([SOFTFLOWD, "-r", str(PCAPS / capture), "-n",

@@ -46,7 +46,7 @@ class Relay:
             [sys.executable, "-m", "engine.relay", "-c", f"127.0.0.1:{self.udp}",
              "-z", f"tcp://127.0.0.1:{self.zport}c", *args],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err, text=True)
-        wait_bound(self.udp)
+        wait_bound(self.udp, self.proc)
         self.url = f"tcp://127.0.0.1:{self.zport}"
 
     def lines(self):
@@ -117,7 +117,7 @@ def test_softflowd_through_relay_matches_direct_udp(capture, version, pcaps_dir)
     direct_port = free_port()
     via_relay = Probe(relay.url, "--collector-encryption-key", public)
     direct = Probe(f"127.0.0.1:{direct_port}")
-    wait_bound(direct_port)
+    wait_bound(direct_port, direct.proc)
     time.sleep(1.0)                       # the relay probe connects and finishes its handshake
     tee = Tee([relay.udp, direct_port])
     try:
