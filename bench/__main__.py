@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "engine": "bench.engine",                # fast path, end to end, bytes per flow
     "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
     "workers": "bench.workers",              # -g with 1 and 2 workers, file and live
+    "relay": "bench.relay",                  # flowrelay datagrams/s, UDP -> ZeroMQ (plain, CURVE)
 }
 
 

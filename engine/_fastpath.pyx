@@ -771,30 +771,27 @@ cdef double entropy_bits(const uint32_t* h) noexcept nogil:
 
 
 cdef inline void hist_add(uint32_t* h, const uint8_t* q, uint32_t n) noexcept nogil:
-    """Count the bytes q[0:n] into h. Long payloads are counted into four interleaved 16-bit
-    sub-histograms first, so that runs of equal bytes do not serialise on one counter."""
-    cdef uint16_t c[4][256]
+    """Count the bytes q[0:n] into h, eight from each 64-bit load (the order of the counts does
+    not matter). Straight into the flow's histogram: measured on the bench capture's payloads,
+    this is about twice as fast as counting into local sub-histograms first, whose clearing and
+    merging cost more than the runs of equal bytes they protect against, even for all-zero
+    payloads."""
     cdef uint32_t k = 0
-    cdef int i
-    if n < 256:
-        for k in range(n):
-            h[q[k]] += 1
-        return
-    while n - k > 65532:                        # keep every sub-count below 2^16
-        hist_add(h, q + k, 65532)
-        k += 65532
-    memset(c, 0, sizeof(c))
-    while k + 4 <= n:
-        c[0][q[k]] += 1
-        c[1][q[k + 1]] += 1
-        c[2][q[k + 2]] += 1
-        c[3][q[k + 3]] += 1
-        k += 4
+    cdef uint64_t v
+    while k + 8 <= n:
+        memcpy(&v, q + k, 8)
+        h[v & 255] += 1
+        h[(v >> 8) & 255] += 1
+        h[(v >> 16) & 255] += 1
+        h[(v >> 24) & 255] += 1
+        h[(v >> 32) & 255] += 1
+        h[(v >> 40) & 255] += 1
+        h[(v >> 48) & 255] += 1
+        h[v >> 56] += 1
+        k += 8
     while k < n:
-        c[0][q[k]] += 1
+        h[q[k]] += 1
         k += 1
-    for i in range(256):
-        h[i] += <uint32_t>c[0][i] + c[1][i] + c[2][i] + c[3][i]
 
 
 cdef inline uint16_t entropy_x1000(const uint32_t* h) noexcept nogil:

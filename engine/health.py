@@ -12,12 +12,7 @@ import json
 import os
 import time
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from engine.errors import FlowprobeError, os_error_message
-
-# imported here, not when first scraped: after --user the package directory may be unreadable
 
 
 def add_arguments(parser) -> None:
@@ -47,6 +42,7 @@ def parse_addr(text: str) -> tuple[str, int]:
 
 def _metrics(snap: dict):
     """Prometheus metric families from one snapshot."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily   # loaded already
 
     def counter(name, doc, value):
         m = CounterMetricFamily(f"flowprobe_{name}", doc)
@@ -138,6 +134,9 @@ class HealthExporter:
         if dump_path:
             self._write(self._empty())          # fail now, not at the first tick
         if metrics_addr is not None:
+            # only with --metrics (a plain run does not pay for it), and before --user drops
+            # privileges: scrapes then find it loaded even if the package directory is unreadable
+            from prometheus_client import CollectorRegistry, start_http_server
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Collector(self))
             host, port = metrics_addr

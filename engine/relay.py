@@ -114,7 +114,7 @@ class Relay:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.SNDHWM, 100)   # in flight to a probe; the rest waits in our queue
+        self.sock.setsockopt(zmq.SNDHWM, 1000)  # in flight to a probe; the rest waits in our queue
         self.public_key = None
         if secret is not None:
             self.sock.curve_server = True
@@ -182,15 +182,19 @@ class Relay:
             "not_allowed", "queue_drops")) + f" queued={len(self.queue)}")
 
     def run(self, verbose: bool = False, stats_interval: float = 1.0) -> None:
-        import select
+        zmq = self.zmq
+        poller = zmq.Poller()
+        poller.register(self.udp, zmq.POLLIN)
         last = time.monotonic()
         while not self.stop_requested:
-            timeout = 0.01 if self.queue else 0.2
+            # wake for datagrams, and, while some wait in the queue, as soon as the probe can
+            # take more (a fixed retry delay capped forwarding at about 10k datagrams/s)
+            poller.register(self.sock, zmq.POLLOUT if self.queue else 0)
             try:
-                ready, _, _ = select.select([self.udp], [], [], timeout)
-            except InterruptedError:
-                ready = []
-            if ready:
+                events = dict(poller.poll(200))
+            except zmq.ZMQError:               # interrupted by a signal
+                events = {}
+            if self.udp.fileno() in events:      # plain sockets come back as their fd
                 for _ in range(1024):
                     try:
                         data, peer = self.udp.recvfrom(65535)

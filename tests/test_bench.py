@@ -91,3 +91,33 @@ def test_charts(quick):
     assert len(charts) == 3
     for c in charts:
         assert (ROOT / c).stat().st_size > 1000
+
+
+# --- python -m bench relay --quick: flowrelay's forwarding table ------------------------------
+@pytest.fixture(scope="module")
+def relay_quick(tmp_path_factory):
+    zmq = pytest.importorskip("zmq")
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    stem = tmp_path_factory.mktemp("bench-relay") / "relay"
+    p = subprocess.run([sys.executable, "-m", "bench", "relay", "--quick", "--out", str(stem)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout, json.loads(stem.with_suffix(".json").read_text()), stem
+
+
+def test_relay_table_accounted(relay_quick):
+    out, res, stem = relay_quick
+    assert "### flowrelay" in out and "| ZeroMQ, CURVE |" in out
+    assert stem.with_suffix(".md").read_text().strip() == out.strip()
+    assert res["problems"] == []
+    assert [r["key"] for r in res["rows"]] == ["plain", "curve", "probe"]
+    for r in res["rows"]:
+        assert r["sent"] > 0 and r["received"] > 0
+        assert r["datagrams_per_s"]["median"] > 0
+        assert r["sent"] == r["received"] + r["relay_drops"] + (r["kernel_drops"] or 0) \
+            + r["unaccounted"]
+        for run in r["runs"]:
+            assert run["sent"] == run["received"] + run["relay_drops"] \
+                + (run["kernel_drops"] or 0) + run["unaccounted"]
+            assert run["datagrams_per_s"] > 0
