@@ -452,16 +452,18 @@ def tdiff_bin(gap_us: int) -> int:
 
 
 def entropy_x1000(counts: Counter) -> int:
-    """round(1000 x Shannon entropy), computed as log2(total) - sum(c log2 c)/total over bins
-    0..255 in that order (the fast path's order, so that the doubles agree bit for bit)."""
+    """round(1000 x Shannon entropy), computed as log2(total) - sum(c log2 c)/total, the sum
+    taken as the fast path takes it (bin b into partial sum b % 4, then (s0 + s1) + (s2 + s3)),
+    so that the doubles agree bit for bit."""
     total = sum(counts[b] for b in range(256))
     if total == 0:
         return 0
-    acc = 0.0
+    partial = [0.0] * 4
     for b in range(256):
         c = counts[b]
         if c:
-            acc += c * math.log2(c)
+            partial[b % 4] += c * math.log2(c)
+    acc = (partial[0] + partial[1]) + (partial[2] + partial[3])
     e = max(math.log2(total) - acc / total, 0.0)
     return int(e * 1000.0 + 0.5)
 
