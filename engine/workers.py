@@ -16,7 +16,7 @@ Hand-off: a ZeroMQ PUSH socket per worker, connected to one PULL socket the pare
 ipc:// path in a private temporary directory. Messages are multipart `[kind, "index:generation",
 payload]`:
   H hello (pid, core) once the capture is open; R finished flows, the raw bytes of a RECORD_DTYPE
-  array (up to the table's output size per message, copied once into the message); S the worker's
+  array (gathered up to HANDOFF_FLOWS a message, sent at the latest with the next S); S the worker's
   statistics (its Probe.snapshot(), pickled) about once a second; D done: the last statistics, sent
   after the worker flushed its table and delivered every flow; E a one-line error (cannot open the
   capture...). PUSH blocks at its high-water mark, so a slow parent slows the workers down instead
@@ -25,7 +25,8 @@ payload]`:
 
 Supervision: the parent polls the PULL socket and every worker's process sentinel. A worker that
 exits without its D message is reported on stderr (worker, core, pid, how it ended); the flows its
-table held (active_flows of its last statistics) are counted as `lost_flows`. Live workers are
+table held and those it had finished but not handed off (by its last statistics) are counted as
+`lost_flows`. Live workers are
 restarted (same core, same fanout group). File workers are not: a restarted worker would read its
 shard again and export its flows twice; the run finishes the other shards and exits with status 1.
 SIGINT/SIGTERM in the parent are forwarded (SIGTERM) to the workers; each stops reading, flushes its
@@ -57,6 +58,9 @@ DRAIN_WAIT_S = 15.0          # SIGINT/SIGTERM: how long the parent waits for eve
 EXIT_GRACE_S = 2.0           # a worker that exited 0 without D: dead once no message came this long
 MAX_RESTARTS = 20            # per worker: a live worker that keeps dying is given up after this
 SNDHWM = 64                  # messages queued per worker before send blocks (backpressure)
+HANDOFF_FLOWS = 4096         # flows per hand-off message (and at least one message a second): a
+                             # message per finished batch (~50 flows) cost the parent more CPU
+                             # than the workers could spare on a machine with as many cores
 
 _SUM_KEYS = ("packets", "bytes", "decoded", "kernel_drops", "fragments", "flows_created",
              "active_flows", "feature_pool_exhausted", "other_shard", "kernel_received")
@@ -169,6 +173,8 @@ class _HandOff:
         self.probe = None
         self.parent = os.getppid()
         self.last: dict = {}
+        self.pending: list = []          # finished flows not yet sent (HANDOFF_FLOWS)
+        self.pending_flows = 0
 
     def _send(self, frames) -> None:
         import zmq
@@ -193,16 +199,28 @@ class _HandOff:
 
     def export(self, records: np.ndarray) -> None:
         if len(records):
-            self._send([b"R", self.ident, records.data if records.flags.c_contiguous
-                        else records.tobytes()])
+            self.pending.append(records)
+            self.pending_flows += len(records)
+            if self.pending_flows >= HANDOFF_FLOWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        records = np.concatenate(self.pending) if len(self.pending) > 1 else \
+            np.ascontiguousarray(self.pending[0])
+        self.pending, self.pending_flows = [], 0
+        self._send([b"R", self.ident, records.data])
 
     def tick(self, snap: dict) -> None:
+        self._flush()
         self.last = self._stats(snap)
         self._send([b"S", self.ident, pickle.dumps(self.last)])
         if os.getppid() != self.parent and self.probe is not None:
             self.probe.stop()            # the parent is gone: stop, nobody reads our flows
 
     def close(self) -> None:
+        self._flush()
         final = dict(self.last)
         final["warnings"] = list(self.probe.warnings) if self.probe is not None else []
         self._send([b"D", self.ident, pickle.dumps(final)])
@@ -300,6 +318,7 @@ class _Worker:
     error: Optional[str] = None
     prev_packets: int = 0
     pps: float = 0.0
+    received: int = 0               # flows received from this generation of the worker
 
 
 def _sum_stats(stats: list[dict], drop_keys) -> dict:
@@ -377,6 +396,7 @@ class Supervisor:
         w.process, w.pid = p, p.pid
         w.ready = w.done = False
         w.exited_at = 0.0
+        w.received = 0
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
@@ -455,6 +475,8 @@ class Supervisor:
             self.handoff["messages"] += 1
             if kind == b"R":
                 records = np.frombuffer(payload.buffer, dtype=_record_dtype())
+                if gen == w.generation:
+                    w.received += len(records)
                 self.handoff["records"] += len(records)
                 self.handoff["bytes"] += len(payload.buffer)
                 self.deliver(records)
@@ -508,7 +530,10 @@ class Supervisor:
         self._receive(limit=1.0)            # what it sent before dying counts
         if w.done:
             return
-        lost = int(w.last.get("active_flows", 0))
+        # the flows its table held, and those it had finished (by its last statistics) but
+        # not yet handed off
+        lost = int(w.last.get("active_flows", 0)) + \
+            max(0, int(w.last.get("exported_flows", 0)) - w.received)
         self.lost_flows += lost
         retired = dict(w.last)
         retired["active_flows"] = 0
