@@ -7,6 +7,7 @@ import os
 import pathlib
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -202,3 +203,16 @@ def today() -> str:
 def write_json(path: pathlib.Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port nothing listens on now (127.0.0.1)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_cores() -> tuple[int, int]:
+    """(core under test, load core): the first two usable CPUs (the same one on a 1-CPU box)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    return cpus[0], cpus[1] if len(cpus) > 1 else cpus[0]

@@ -113,38 +113,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output stem (default bench/work/relay-last)")
 
 
-def _free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cores() -> tuple[int, int]:
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
-    return cpus[0], cpus[1] if len(cpus) > 1 else cpus[0]
-
-
 def udp_drops_by_port(port: int) -> int | None:
-    """The kernel's drop counter of the UDP socket bound to ``port`` (/proc/net/udp[6])."""
-    want = ":%04X" % port
-    total, found = 0, False
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 13 and parts[1].endswith(want):
-                        total += int(parts[12])
-                        found = True
-        except (OSError, ValueError, StopIteration):
-            continue
-    return total if found else None
+    """The kernel's drop counter of the UDP socket(s) bound to ``port`` (another process's)."""
+    from engine.collect import udp_socket_rows
+    drops = [int(r[12]) for r in udp_socket_rows() if r[1].endswith(":%04X" % port)]
+    return sum(drops) if drops else None
 
 
 class _Relay:
     def __init__(self, secret: str | None, core: int):
-        self.udp, self.zport = _free_port(socket.SOCK_DGRAM), _free_port()
+        self.udp, self.zport = common.free_port(socket.SOCK_DGRAM), common.free_port()
         self.err = tempfile.TemporaryFile("w+")
         argv = [sys.executable, "-m", "engine.relay", "-c", f"127.0.0.1:{self.udp}",
                 "-z", f"tcp://127.0.0.1:{self.zport}c", "-v", "--stats-interval", "0.2"]
@@ -217,7 +195,7 @@ def _generate(port: int, dgs: list) -> tuple[float, int, float]:
 def one_run(dgs: list, curve: bool) -> dict:
     """flowrelay with a counting receiver; see the module doc."""
     import zmq
-    rcore, lcore = _cores()
+    rcore, lcore = common.two_cores()
     public = secret = None
     if curve:
         public, secret = (k.decode() for k in zmq.curve_keypair())
@@ -261,7 +239,7 @@ def probe_run(dgs: list) -> dict:
     """flowrelay (CURVE) -> a real flowprobe -i none --collector-port tcp://... -n none."""
     import zmq
     from bench.engine import flowprobe_cmd
-    rcore, lcore = _cores()
+    rcore, lcore = common.two_cores()
     public, secret = (k.decode() for k in zmq.curve_keypair())
     relay = _Relay(secret, rcore)
     tmp = tempfile.mkdtemp(prefix="bench-relay-")

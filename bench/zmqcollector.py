@@ -85,18 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write the results here (default bench/work/collector-last.json)")
 
 
-def _free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cores() -> tuple[int, int]:
-    """(collector core, load core): the first two usable CPUs (the same one on a 1-CPU box)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
-    return cpus[0], cpus[1] if len(cpus) > 1 else cpus[0]
-
-
 def _proc_cpu(pid: int) -> float:
     """utime + stime of a live process, seconds."""
     try:
@@ -139,8 +127,8 @@ def one_run(dgs: list[bytes], fmt: str, mode: str, rate: float = 0.0) -> dict:
     from bench import collector as bc
     from bench.engine import flowprobe_cmd
     from bench.export import SUB_CODE
-    ccore, lcore = _cores()
-    zport, uport = _free_port(), _free_port(socket.SOCK_DGRAM)
+    ccore, lcore = common.two_cores()
+    zport, uport = common.free_port(), common.free_port(socket.SOCK_DGRAM)
     url = f"tcp://127.0.0.1:{zport}"
     tmp = tempfile.mkdtemp(prefix="bench-col-")
     stats_path = os.path.join(tmp, "stats.json")
@@ -246,7 +234,7 @@ def measure(quick: bool = False, records=None, reps=None, steps=None, rows="all"
     want = ROWS if rows == "all" else [tuple(r.split(":")) for r in rows.split(",")]
     out = {"benchmark": "collector", "records_per_run": len(dgs) * 30, "reps": reps,
            "steps": steps, "paced_s": cfg["paced_s"],
-           "cores": dict(zip(("collector", "load"), _cores())), "rows": []}
+           "cores": dict(zip(("collector", "load"), common.two_cores())), "rows": []}
     for fmt, mode in want:
         runs = []
         for _ in range(reps):

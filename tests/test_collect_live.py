@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import PCAPS, ROOT
+from engine.collect import udp_socket_rows
 
 SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
 PMACCTD = shutil.which("pmacctd") or "/usr/sbin/pmacctd"
@@ -41,15 +42,7 @@ def free_port() -> int:
 def udp_bound(port: int) -> bool:
     """Whether a UDP socket (v4 or v6) is bound to port, read from /proc: probing by binding the
     port ourselves would race with the process that is about to bind it."""
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                if any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in f):
-                    return True
-        except FileNotFoundError:
-            pass
-    return False
+    return any(int(r[1].rsplit(":", 1)[1], 16) == port for r in udp_socket_rows())
 
 
 def wait_bound(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:

@@ -207,12 +207,26 @@ def status_text(source_stats: list) -> str:
             f"{lost} lost (sequence), {bad} bad, {kdrop} kernel drops")
 
 
+def udp_socket_rows() -> Iterator[list[str]]:
+    """The rows of /proc/net/udp and /proc/net/udp6 (Linux), split into columns: [1] the local
+    address as HEXADDR:HEXPORT, [9] the inode, [12] the socket's drop counter."""
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                rows = [line.split() for line in f]
+        except (OSError, StopIteration):
+            continue
+        yield from (r for r in rows if len(r) >= 13)
+
+
 def udp_drops(sock: socket.socket) -> Optional[int]:
-    """The kernel's drop counter for ``sock`` (Linux /proc/net/udp[6], matched by inode)."""
+    """The kernel's drop counter for ``sock``, matched by its inode."""
     try:
         inode = str(os.fstat(sock.fileno()).st_ino)
     except OSError:
         return None
+    return next((int(r[12]) for r in udp_socket_rows() if r[9] == inode), None)
     for path in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(path) as f:
