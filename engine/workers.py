@@ -26,9 +26,9 @@ payload]`:
 Supervision: the parent polls the PULL socket and every worker's process sentinel. A worker that
 exits without its D message is reported on stderr (worker, core, pid, how it ended); the flows its
 table held and those it had finished but not handed off (by its last statistics) are counted as
-`lost_flows`. Live workers are
-restarted (same core, same fanout group). File workers are not: a restarted worker would read its
-shard again and export its flows twice; the run finishes the other shards and exits with status 1.
+`lost_flows`. Live workers are restarted (same core, same fanout group). File workers are not: a
+restarted worker would read its shard again and export its flows twice; the run finishes the other
+shards and exits with status 1.
 SIGINT/SIGTERM in the parent are forwarded (SIGTERM) to the workers; each stops reading, flushes its
 table, sends its flows and D; the parent waits up to DRAIN_WAIT_S for every D, kills what is left
 (counted as lost), closes the exporters and returns normally.
@@ -59,8 +59,8 @@ EXIT_GRACE_S = 2.0           # a worker that exited 0 without D: dead once no me
 MAX_RESTARTS = 20            # per worker: a live worker that keeps dying is given up after this
 SNDHWM = 64                  # messages queued per worker before send blocks (backpressure)
 HANDOFF_FLOWS = 4096         # flows per hand-off message (and at least one message a second): a
-                             # message per finished batch (~50 flows) cost the parent more CPU
-                             # than the workers could spare on a machine with as many cores
+                             # message per finished batch (~50 flows) cost the parent CPU that the
+                             # workers need when there is no spare core
 
 _SUM_KEYS = ("packets", "bytes", "decoded", "kernel_drops", "fragments", "flows_created",
              "active_flows", "feature_pool_exhausted", "other_shard", "kernel_received")

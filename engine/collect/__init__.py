@@ -227,17 +227,6 @@ def udp_drops(sock: socket.socket) -> Optional[int]:
     except OSError:
         return None
     return next((int(r[12]) for r in udp_socket_rows() if r[9] == inode), None)
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 13 and parts[9] == inode:
-                        return int(parts[12])
-        except (OSError, ValueError, StopIteration):
-            continue
-    return None
 
 
 class CollectorSource:
