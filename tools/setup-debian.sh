@@ -20,3 +20,6 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-rec
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
+# an editable install is not byte-compiled, and where PYTHONDONTWRITEBYTECODE is set nothing
+# would ever be: every start would compile the package again (~80 ms of a 0.3 s start)
+.venv/bin/python -m compileall -q engine bench tools >/dev/null
