@@ -540,7 +540,7 @@ class Supervisor:
         self._retired.append(retired)
         w.last = {}
         head = (f"flowprobe: error: worker {w.index} (core {w.core}, pid {w.pid}) "
-                f"{why or 'died (' + self._how(code) + ')'}; {lost} active flows lost")
+                f"{why or 'died (' + self._how(code) + ')'}; {lost} flows lost")
         if w.error is not None:            # it reported why (cannot open the capture...)
             w.gone = True
             return
