@@ -425,12 +425,3 @@ def run(args) -> int:
     print(f"# wrote {stem}.md, {stem}.json", file=sys.stderr)
     return 1 if res["problems"] else 0
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench relay", description=HELP)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
