@@ -130,6 +130,30 @@ def _generator(port: int, datagrams, ready, go, result, rate: float):
     result.put((sent, time.perf_counter() - t0))
 
 
+class Generator:
+    """The load: a forked process running ``_generator``, started and waiting at its mark."""
+
+    def __init__(self, port: int, datagrams, rate: float = 0.0):
+        ctx = mp.get_context("fork")
+        ready, self._go, self._result = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_generator,
+                                args=(port, datagrams, ready, self._go, self._result, rate))
+        self.proc.start()
+        ready.wait()
+
+    def go(self) -> float:
+        """Start sending; returns the (monotonic) time just before the first datagram."""
+        t = time.monotonic()
+        self._go.set()
+        return t
+
+    def result(self) -> tuple[int, float]:
+        """(datagrams sent, seconds sending), once it has finished."""
+        sent, send_s = self._result.get(timeout=600)
+        self.proc.join()
+        return sent, send_s
+
+
 def udp_rate(datagrams, mode: str, rate: float = 0.0, sink=None) -> dict:
     from engine.collect import CollectorSource
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
@@ -139,12 +163,8 @@ def udp_rate(datagrams, mode: str, rate: float = 0.0, sink=None) -> dict:
     from engine.collect.collector import Collector
     Collector(mode).feed([(d, "192.0.2.9", 0.0) for d in datagrams[:200]])
     port = src.ports[0]
-    ctx = mp.get_context("fork")
-    ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    p = ctx.Process(target=_generator, args=(port, datagrams, ready, go, result, rate))
-    p.start()
-    ready.wait()
-    go.set()
+    gen = Generator(port, datagrams, rate)
+    gen.go()
     received = 0
     first = last = None
     c0 = time.process_time()
@@ -161,7 +181,7 @@ def udp_rate(datagrams, mode: str, rate: float = 0.0, sink=None) -> dict:
                 sink(out)
             last = time.perf_counter()
             idle_since = last
-        elif not p.is_alive() and now - idle_since > 0.3:
+        elif not gen.proc.is_alive() and now - idle_since > 0.3:
             break
         elif now - idle_since > 5:
             break
@@ -170,8 +190,7 @@ def udp_rate(datagrams, mode: str, rate: float = 0.0, sink=None) -> dict:
         if sink is not None and len(out):
             sink(out)
     c1 = time.process_time()
-    sent, send_s = result.get()
-    p.join()
+    sent, send_s = gen.result()
     kdrops = src.kernel_drops()
     records = src.collector.totals["records"]
     src_rcvbuf = src.rcvbuf

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import pathlib
 import re
@@ -42,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from bench import common
+from bench import collector as bc, common
 
 HELP = "datagrams/s forwarded by flowrelay (UDP -> ZeroMQ), plain and CURVE, with loss accounting"
 
@@ -177,21 +176,6 @@ class _Relay:
         return st
 
 
-def _generate(port: int, dgs: list) -> tuple[float, int, float]:
-    """Replays ``dgs`` to ``port`` at full speed: (time of the first send, sent, seconds)."""
-    from bench import collector as bc
-    ctx = mp.get_context("fork")
-    ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    gen = ctx.Process(target=bc._generator, args=(port, dgs, ready, go, result, 0.0))
-    gen.start()
-    ready.wait()
-    t_first = time.monotonic()
-    go.set()
-    sent, send_s = result.get(timeout=600)
-    gen.join()
-    return t_first, sent, send_s
-
-
 def one_run(dgs: list, curve: bool) -> dict:
     """flowrelay with a counting receiver; see the module doc."""
     import zmq
@@ -209,7 +193,9 @@ def one_run(dgs: list, curve: bool) -> dict:
         line = rx.stdout.readline().strip()
         if line != "ready":
             raise RuntimeError(f"relay receiver did not connect: {line}")
-        t_first, sent, send_s = _generate(relay.udp, dgs)
+        gen = bc.Generator(relay.udp, dgs)
+        t_first = gen.go()
+        sent, send_s = gen.result()
         relay.wait_drained(sent)
         kdrops = udp_drops_by_port(relay.udp)
         got = json.loads(rx.communicate(timeout=300)[0].strip().splitlines()[-1])
@@ -270,19 +256,12 @@ def probe_run(dgs: list) -> dict:
                 raise RuntimeError(f"flowprobe did not start: {err.read()[-1500:]}")
             time.sleep(0.05)
         time.sleep(1.0)                          # its CURVE handshake with the relay
-        ctx = mp.get_context("fork")
-        from bench import collector as bc
-        ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
-        gen = ctx.Process(target=bc._generator, args=(relay.udp, dgs, ready, go, result, 0.0))
-        gen.start()
-        ready.wait()
-        t_first = time.monotonic()
-        go.set()
-        while gen.is_alive():
+        gen = bc.Generator(relay.udp, dgs)
+        t_first = gen.go()
+        while gen.proc.is_alive():
             poll_stats()
             time.sleep(0.05)
-        sent, send_s = result.get(timeout=600)
-        gen.join()
+        sent, send_s = gen.result()
         t_sent = time.monotonic()
         while True:                              # relay drained, probe idle for 1.5 s
             poll_stats()

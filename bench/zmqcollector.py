@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -151,16 +150,10 @@ def one_run(dgs: list[bytes], fmt: str, mode: str, rate: float = 0.0) -> dict:
                 raise RuntimeError(f"flowprobe collector did not start: {err.read()[-1500:]}")
             time.sleep(0.05)
         time.sleep(0.3)                                 # the subscription reaches the collector
-        ctx = mp.get_context("fork")
-        ready, go, result = ctx.Event(), ctx.Event(), ctx.Queue()
-        gen = ctx.Process(target=bc._generator, args=(uport, dgs, ready, go, result, rate))
-        gen.start()
-        ready.wait()
+        gen = bc.Generator(uport, dgs, rate)
         cpu0 = _proc_cpu(fp.pid)
-        t_first = time.monotonic()
-        go.set()
-        sent_dg, send_s = result.get(timeout=600)
-        gen.join()
+        t_first = gen.go()
+        sent_dg, send_s = gen.result()
         sent = sent_dg * bc.RECORDS_PER_DATAGRAM
         # wait until the collector has taken in (or the kernel dropped) every datagram
         last, stable_since = None, time.monotonic()
