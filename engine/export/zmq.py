@@ -9,8 +9,10 @@
   offset 20 BE and 24 LE, msg_id BE at 28, source_id LE at 32) and one payload <= 131072 bytes.
   One msg_id counter per endpoint stream (every topic), starting at 1.
 * Formats: ``t`` nDPI TLV (numeric keys, narrowest widths), ``j`` JSON (numeric keys, or names
-  with --json-labels), ``m`` msgpack (schema in docs/zmq-msgpack.md). Many flows per message.
-* ``event`` messages (spec §8, every key, strings included) every --zmq-stats-interval seconds.
+  with --json-labels), ``m`` msgpack (schema in docs/zmq-msgpack.md). Many flows per message: at
+  most 255 in TLV and JSON, which ntopng counts in 8 bits.
+* ``event`` messages (spec §8, every key, strings included) every --zmq-stats-interval seconds,
+  the first before the first flow (ntopng counts exported flows from the first event it sees).
 * CURVE: flowprobe is the CURVE client; --zmq-encryption-key is ntopng's public key.
 """
 from __future__ import annotations
@@ -39,6 +41,9 @@ except ImportError:          # pragma: no cover - pyzmq is a dependency
     zmq = None
 
 MAX_PAYLOAD = 131072
+# ntopng's TLV (and JSON) parser returns a message's flow count in 8 bits: a message of more
+# flows is counted modulo 256 in its statistics (spec §5.3)
+MAX_FLOWS_PER_MESSAGE = 255
 MAX_ENDPOINTS = 8
 HEADER = struct.Struct("<16sBBxx")       # topic, version, flags, padding: 20 bytes
 FLAG_TLV = 0x02
@@ -160,8 +165,10 @@ class Endpoint:
     """One XPUB socket and its message stream (own msg_id counter)."""
 
     def __init__(self, ctx, url: str, probe_mode: bool, curve_server_key: Optional[bytes],
-                 sndhwm: int, sndbuf: int = 0):
+                 sndhwm: int, sndbuf: int = 0, log=None):
         self.url = url
+        self.probe_mode = probe_mode
+        self.log = log
         self.sock = ctx.socket(zmq.XPUB)
         s = self.sock
         s.setsockopt(zmq.SNDHWM, sndhwm)
@@ -219,8 +226,13 @@ class Endpoint:
             event = struct.unpack_from("=H", frames[0])[0]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshakes += 1
-            else:
-                self.handshake_failures += 1
+                continue
+            self.handshake_failures += 1
+            if self.handshake_failures == 1 and self.log is not None:
+                self.log(f"flowprobe: warning: --zmq {self.url}: CURVE handshake failed: wrong "
+                         "--zmq-encryption-key?" + ("" if self.probe_mode else
+                         " In pull mode a failed handshake can leave ntopng unable to connect "
+                         "again until it restarts; --zmq-probe-mode recovers by itself"))
 
     def subscribed(self, topic: bytes) -> bool:
         return any(n > 0 and topic.startswith(t) for t, n in self.subs.items())
@@ -253,7 +265,9 @@ class ZMQExporter:
         self.observation_point = observation_point
         self.wait_subscriber = wait_subscriber
         self.stats_interval = stats_interval
-        self.max_flows = max_flows_per_message
+        counted = fmt in ("tlv", "json")          # ntopng parses and counts these
+        self.max_flows = (min(max_flows_per_message or MAX_FLOWS_PER_MESSAGE, MAX_FLOWS_PER_MESSAGE)
+                          if counted else max_flows_per_message)
         self.offline = offline
         self.probe_ip = _probe_ip()
         template = template or parse_template(None)
@@ -268,7 +282,7 @@ class ZMQExporter:
         try:
             for url in endpoints:
                 self.endpoints.append(Endpoint(self.ctx, url, probe_mode, curve_server_key,
-                                               sndhwm, sndbuf))
+                                               sndhwm, sndbuf, log=self.log))
         except BaseException:
             for ep in self.endpoints:
                 ep.close()
@@ -278,11 +292,13 @@ class ZMQExporter:
         self._waited = False
         self._blocking_budget = offline     # offline: wait for a slow subscriber once, then drop
         self._last_stats = 0.0
+        self._stats_sent = False
         self._last_snapshot: Optional[dict] = None
         self.defaults = dict(defaults or {})
         self.seen_packets = 0          # from exported records: the final event when no tick came
         self.seen_bytes = 0
-        self.uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{socket.gethostname()}/{source_id}"))
+        # 32 hex digits: ntopng keeps 35 characters of probe.uuid
+        self.uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{socket.gethostname()}/{source_id}").hex
 
     # --- waiting for subscribers ----------------------------------------------------------
     def _wait_for_subscribers(self, timeout: float) -> None:
@@ -365,6 +381,11 @@ class ZMQExporter:
         if len(records) == 0:
             return
         self._ensure_waited()
+        if not self._stats_sent and self.stats_interval > 0:
+            # ntopng's probe page counts exported flows from the value in the first event it
+            # sees: that event must come before the first flow
+            self._last_stats = time.monotonic()
+            self.send_stats(dict(self.defaults, **(self._last_snapshot or {})))
         self.seen_packets += int(records["in_pkts"].sum() + records["out_pkts"].sum())
         self.seen_bytes += int(records["in_bytes"].sum() + records["out_bytes"].sum())
         if self.observation_point is not None:
@@ -403,7 +424,7 @@ class ZMQExporter:
         table_drops = snap.get("drops") or {}
         too_many = int(table_drops.get("flow_table_full", 0))
         kernel = int(snap.get("kernel_drops", 0))
-        iface = str(snap.get("interface", ""))[:31]
+        iface = iface_label(str(snap.get("interface", "")))
         export_drops = sum(e.drops_queue_full + e.drops_no_subscriber for e in self.endpoints)
         mode = snap.get("mode", "packet_collection")
         collected = int(snap.get("collected_records", 0))
@@ -432,11 +453,16 @@ class ZMQExporter:
             "flow_collection": snap.get("flow_collection") or {
                 "nf_ipfix_flows": collected, "sflow_samples": 0, "collection_port": 0,
                 "exporters": {}},
-            "zmq": {"num_flow_exports": ep.flows, "num_exporters": len(self.endpoints)},
+            # this probe is one exporter; a collector stands for the routers it collects from
+            "zmq": {"num_flow_exports": ep.flows,
+                    "num_exporters": max(len((snap.get("flow_collection") or {})
+                                             .get("exporters") or ()), 1)},
         }
 
     def send_stats(self, snap: dict) -> None:
         self._ensure_waited()
+        self._stats_sent = True
+        self._stats_sent_at = time.monotonic()
         for ep in self.endpoints:
             body = json.dumps(self.event(snap, ep), separators=(",", ":")).encode()
             self._send(ep, b"event", body, 0, 0)
@@ -451,7 +477,11 @@ class ZMQExporter:
         snap["packets"] = max(int(snap.get("packets", 0)), self.seen_packets)
         snap["bytes"] = max(int(snap.get("bytes", 0)), self.seen_bytes)
         if self._last_snapshot is not None or self._waited:
-            # a last event so that the collector sees the final counters
+            # a last event so that the collector sees the final counters; ntopng folds events
+            # into its totals at most once a second, so one sent sooner would not be counted
+            if self._stats_sent and any(any(n > 0 for n in ep.subs.values())
+                                        for ep in self.endpoints):
+                time.sleep(max(0.0, self._stats_sent_at + 1.05 - time.monotonic()))
             snap["time"] = int(time.time())
             self.send_stats(snap)
         # deliver what is queued: linger bounded by --zmq-wait-subscriber
@@ -503,6 +533,22 @@ def flow_hash(records: np.ndarray) -> np.ndarray:
 
 
 # --- host facts for the event message ----------------------------------------------------------
+IFACE_NAME_MAX = 31          # ntopng keeps 31 characters of iface.name
+
+
+def iface_label(inputs: str) -> str:
+    """What ntopng shows as the probe's interface: interface names as they are, captures by
+    file name (not path), within ntopng's 31 characters."""
+    names = [os.path.basename(i) if "/" in i or os.path.isfile(i) else i
+             for i in inputs.split(",") if i]
+    label = ",".join(names)
+    if len(label) > IFACE_NAME_MAX and len(names) == 1:
+        label = os.path.splitext(label)[0]          # drop ".pcap" before cutting the name
+    if len(label) > IFACE_NAME_MAX:
+        label = label[:IFACE_NAME_MAX - 1] + "~"
+    return label
+
+
 def _probe_ip() -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -570,7 +616,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--zmq-sndhwm", type=int, default=1000, metavar="MSGS",
                    help="messages queued per endpoint before sends fail and count as drops")
     g.add_argument("--zmq-max-flows-per-message", type=int, default=0, metavar="N",
-                   help="at most N flows per message (default: as many as fit in 128 KiB)")
+                   help="at most N flows per message (default and most for TLV and JSON: 255, "
+                        "ntopng counts a message's flows in 8 bits; msgpack: as many as fit in "
+                        "128 KiB)")
 
 
 def _is_offline(inputs: list[str]) -> bool:
@@ -636,6 +684,13 @@ def from_args(args, config) -> list:
     if args.zmq_stats_interval < 0:
         raise FlowprobeError("--zmq-stats-interval must be >= 0", status=2)
     fmt = FORMATS[args.zmq_format]
+    n = args.zmq_max_flows_per_message
+    if n < 0 or (fmt != "msgpack" and n > MAX_FLOWS_PER_MESSAGE):
+        raise FlowprobeError(f"--zmq-max-flows-per-message {n}: expected 1.."
+                             f"{MAX_FLOWS_PER_MESSAGE} (ntopng counts the flows of a message in 8 "
+                             "bits, so more would be miscounted)" if n > 0 else
+                             f"--zmq-max-flows-per-message {n}: expected a positive number",
+                             status=2)
     if fmt == "msgpack":
         try:
             import msgpack  # noqa: F401
