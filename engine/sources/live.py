@@ -8,6 +8,7 @@ import numpy as np
 
 from engine._fastpath import META_DTYPE
 from engine.errors import FlowprobeError
+from engine.sources.base import Source
 
 NO_PERMISSION = "no permission to capture (run as root or grant CAP_NET_RAW and CAP_NET_ADMIN)"
 # pcap_activate() statuses (pcap/pcap.h)
@@ -33,18 +34,17 @@ def to_meta(packed: bytes, linktype: int) -> np.ndarray:
     return meta
 
 
-class PcapySource:
+class PcapySource(Source):
     """A pcapy-ng handle: a live interface, or a file when a BPF filter must be applied."""
 
     def __init__(self, name: str, *, live: bool, snaplen: int = 65535, promisc: bool = True,
                  bpf: Optional[str] = None, batch: int = 4096, timeout_ms: int = 100,
                  fanout_group: Optional[int] = None):
         import pcapy
-        self.name = name
+        super().__init__(name)
         self.live = live
         self.batch = batch
         self.timeout_ms = timeout_ms
-        self.stopped = False
         try:
             if live:
                 self.handle = pcapy.create(name)
@@ -95,9 +95,6 @@ class PcapySource:
                 continue
             if not poller.poll(self.timeout_ms):
                 yield b"", np.empty(0, dtype=META_DTYPE)
-
-    def stop(self) -> None:
-        self.stopped = True
 
     def stats(self) -> dict:
         if not self.live:

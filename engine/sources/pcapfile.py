@@ -8,6 +8,7 @@ import numpy as np
 
 from engine._fastpath import META_DTYPE, PcapReader
 from engine.errors import FlowprobeError, os_error_message
+from engine.sources.base import Source
 
 PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
                b"\x0a\x0d\x0d\x0a"}
@@ -57,7 +58,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return out
 
 
-class FileSource:
+class FileSource(Source):
     """Batches of one capture file, read in place through mmap."""
 
     def __init__(self, path: str, batch: int = 1024):
@@ -70,7 +71,7 @@ class FileSource:
         except ValueError as e:
             raise FlowprobeError(f"{path!r}: {e}") from None
         self.meta = np.zeros(batch, dtype=META_DTYPE)
-        self.name = os.path.basename(path)
+        super().__init__(os.path.basename(path))
 
     def batches(self) -> Iterator[tuple[object, np.ndarray]]:
         while True:

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine._fastpath import META_DTYPE
 from engine.errors import FlowprobeError
+from engine.sources.base import Source
 
 NOT_BUILT = ("PF_RING capture is not available: the PF_RING binding (engine._pfring) was not "
              "built, because libpfring and pfring.h were not found when flowprobe was built")
@@ -28,15 +29,14 @@ def require_binding():
     return _pfring
 
 
-class PfringSource:
+class PfringSource(Source):
     def __init__(self, name: str, *, snaplen: int = 65535, promisc: bool = True,
                  bpf: Optional[str] = None, batch: int = 4096, timeout_ms: int = 100,
                  cluster_id: Optional[int] = None, buffer_size: int = 8 << 20):
         mod = require_binding()
         self.ffi, self.lib = mod.ffi, mod.lib
-        self.name = name
+        super().__init__(name)
         self.live = True
-        self.stopped = False
         self.timeout_ms = timeout_ms
         err = self.ffi.new("char[256]")
         self.ring = self.lib.fp_open(name.encode(), snaplen, 1 if promisc else 0,
@@ -56,9 +56,6 @@ class PfringSource:
             if n < 0:
                 raise FlowprobeError(f"{self.name!r}: PF_RING receive failed ({n})")
             yield self.buf, self.meta[:n]
-
-    def stop(self) -> None:
-        self.stopped = True
 
     def stats(self) -> dict:
         st = self.ffi.new("uint64_t[2]")
