@@ -6,8 +6,14 @@ Two tables live in this module:
   ``_fastpath.pxd``, natural alignment, same order). ``RECORD_DTYPE`` is built from it and checked
   against the C struct when the extension is imported.
 * ``FIELDS``: the exported fields, with nProbe's name, the NetFlow v9 id and the IPFIX
-  (enterprise, element) id. A field reads one column (``column``) through a ``kind`` that says how
-  to turn it into a value (address text, seconds from milliseconds, a six-bin vector...).
+  (enterprise, element) id. A field reads one column (``column``) through a ``Kind`` that says how
+  to turn it into a value (address text, seconds from milliseconds, a six-bin vector...). Each kind
+  has one codec (``CODECS``): its Python values, where it applies, how TLV/JSON/msgpack carry it,
+  its NetFlow/IPFIX wire form. The C encoders implement the same codecs (engine/export/_encode.pyx)
+  and the collector decodes a router's elements into columns by the same ids (and ``aliases``).
+
+Adding a field is one line in ``FIELDS`` (plus, for a new column, the fast path that fills it):
+every format, the ``-T`` templates and the collector find it by name and id.
 
 ntop's own elements use PEN 35632; in NetFlow v9 numbering (and on ntopng's ZeroMQ wire) element
 ``n`` is ``57472 + n``. Fields with neither id (the per-direction vectors) are exported by name
@@ -16,9 +22,10 @@ only, in JSON, msgpack and TLV string keys; NetFlow/IPFIX templates cannot carry
 from __future__ import annotations
 
 import difflib
+import enum
 import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -87,6 +94,98 @@ END_REASON_IPFIX = (1, 2, 3, 3, 4, 0)
 TUNNELS = ("none", "gre", "ipip", "gtpu", "vxlan", "tzsp", "capwap", "erspan")
 
 
+# --- value kinds ----------------------------------------------------------------------------
+class Kind(enum.IntEnum):
+    """How a record column becomes a field's value. Each kind has one codec (``CODECS`` below,
+    the Python reference) and its C twin in engine/export/_encode.pyx, which checks at import
+    that its numbering is this one."""
+    UINT = 0            # the column as an unsigned integer
+    SEC = 1             # epoch seconds, from a milliseconds column
+    MS = 2              # epoch milliseconds
+    FLAGS_OR = 3        # client | server TCP flags
+    IPV4 = 4            # dotted text; only for IPv4 flows
+    IPV6 = 5            # text; only for IPv6 flows
+    EXPORTER_V4 = 6     # the exporter's address (collected flows), by its own IP version
+    EXPORTER_V6 = 7
+    MAC = 8             # aa:bb:cc:dd:ee:ff
+    BINS = 9            # six integers (a list; comma-separated text in TLV)
+    ICMP = 10           # type * 256 + code; only for ICMP and ICMPv6 flows
+    END_REASON = 11     # IPFIX flowEndReason code of our end reason
+    TUNNEL = 12         # the tunnel's name
+
+
+class Form(enum.Enum):
+    """How TLV, JSON and msgpack carry a kind's value."""
+    NUMBER = "number"
+    TEXT = "text"
+    VECTOR = "vector"
+
+
+def _ipv4_texts(raw: np.ndarray) -> list:
+    return [socket.inet_ntop(socket.AF_INET, b) for b in map(bytes, raw[:, :4])]
+
+
+def _ipv6_texts(raw: np.ndarray) -> list:
+    return [socket.inet_ntop(socket.AF_INET6, b) for b in map(bytes, raw)]
+
+
+def _mac_texts(raw: np.ndarray) -> list:
+    return [b.hex(":") for b in map(bytes, raw)]
+
+
+def _version_is(column: str, want: int):
+    return lambda records: records[column] == want
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One kind's rules. ``values(records, column)`` gives the Python values (a list);
+    ``applies(records)`` (None: always) says which records have the field at all (an IPv6
+    address is absent from an IPv4 flow); ``netflow(records, column)`` gives the NetFlow/IPFIX
+    wire column (None: NetFlow cannot carry the kind), an integer column when
+    ``netflow_int``, else bytes."""
+    form: Form
+    values: Callable[[np.ndarray, np.ndarray], list]
+    applies: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    netflow: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
+    netflow_int: bool = True
+
+
+def _flags_or(records: np.ndarray) -> np.ndarray:
+    return records["client_tcp_flags"] | records["server_tcp_flags"]
+
+
+def _is_icmp(records: np.ndarray) -> np.ndarray:
+    return np.isin(records["protocol"], (1, 58))
+
+
+CODECS: dict[Kind, Codec] = {
+    Kind.UINT: Codec(Form.NUMBER, lambda r, c: c.tolist(), netflow=lambda r, c: c),
+    Kind.SEC: Codec(Form.NUMBER, lambda r, c: (c // 1000).tolist(),
+                    netflow=lambda r, c: (c // 1000).astype(np.uint32)),
+    Kind.MS: Codec(Form.NUMBER, lambda r, c: c.tolist(), netflow=lambda r, c: c),
+    Kind.FLAGS_OR: Codec(Form.NUMBER, lambda r, c: _flags_or(r).tolist(),
+                         netflow=lambda r, c: _flags_or(r)),
+    Kind.IPV4: Codec(Form.TEXT, lambda r, c: _ipv4_texts(c), _version_is("ip_version", 4),
+                     lambda r, c: c[:, :4], netflow_int=False),
+    Kind.IPV6: Codec(Form.TEXT, lambda r, c: _ipv6_texts(c), _version_is("ip_version", 6),
+                     lambda r, c: c, netflow_int=False),
+    Kind.EXPORTER_V4: Codec(Form.TEXT, lambda r, c: _ipv4_texts(c),
+                            _version_is("exporter_ip_version", 4), lambda r, c: c[:, :4],
+                            netflow_int=False),
+    Kind.EXPORTER_V6: Codec(Form.TEXT, lambda r, c: _ipv6_texts(c),
+                            _version_is("exporter_ip_version", 6), lambda r, c: c,
+                            netflow_int=False),
+    Kind.MAC: Codec(Form.TEXT, lambda r, c: _mac_texts(c), netflow=lambda r, c: c,
+                    netflow_int=False),
+    Kind.BINS: Codec(Form.VECTOR, lambda r, c: c.tolist()),
+    Kind.ICMP: Codec(Form.NUMBER, lambda r, c: c.tolist(), _is_icmp, lambda r, c: c),
+    Kind.END_REASON: Codec(Form.NUMBER, lambda r, c: np.asarray(END_REASON_IPFIX)[c].tolist(),
+                           netflow=lambda r, c: np.asarray(END_REASON_IPFIX, np.uint8)[c]),
+    Kind.TUNNEL: Codec(Form.TEXT, lambda r, c: [TUNNELS[v] for v in c.tolist()]),
+}
+
+
 # --- the exported fields ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Field:
@@ -95,79 +194,110 @@ class Field:
     pen: Optional[int]         # IPFIX enterprise number (0 = IANA)
     element: Optional[int]     # IPFIX element id within pen
     column: str                # record column read
-    kind: str                  # how the column becomes a value: see value_of()
+    kind: Kind                 # how the column becomes a value (CODECS)
     length: int                # NetFlow/IPFIX length in bytes (0 = not exportable there)
     description: str
+    # other (pen, element) ids that mean this field when a router sends them (the collector
+    # decodes them into the same column, after the field's own id)
+    aliases: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def codec(self) -> Codec:
+        return CODECS[self.kind]
 
 
-def _f(name: str, v9: Optional[int], column: str, kind: str, length: int, description: str) -> Field:
+def _f(name: str, v9: Optional[int], column: str, kind: Kind, length: int, description: str,
+       aliases: tuple = ()) -> Field:
     if v9 is None:
         pen = element = None
     elif v9 >= NTOP_BASE_ID:
         pen, element = NTOP_PEN, v9 - NTOP_BASE_ID
     else:
         pen, element = 0, v9
-    return Field(name, v9, pen, element, column, kind, length, description)
+    return Field(name, v9, pen, element, column, kind, length, description, aliases)
 
 
-# kinds: "uint" (the column as an integer), "ipv4"/"ipv6" (address text; present only for that IP
-# version), "mac", "sec" (epoch seconds from milliseconds), "ms" (epoch milliseconds),
-# "bins" (six-integer vector), "flags_or" (client | server TCP flags), "exporter_v4"/"exporter_v6",
-# "end_reason" (text), "icmp" (type*256+code, present only for ICMP/ICMPv6).
-FIELDS: tuple[Field, ...] = (
-    _f("IN_BYTES", 1, "in_bytes", "uint", 8, "bytes client to server"),
-    _f("IN_PKTS", 2, "in_pkts", "uint", 8, "packets client to server"),
-    _f("PROTOCOL", 4, "protocol", "uint", 1, "IP protocol number"),
-    _f("SRC_TOS", 5, "src_tos", "uint", 1, "TOS/DSCP client to server"),
-    _f("TCP_FLAGS", 6, "client_tcp_flags", "flags_or", 1, "OR of the TCP flags of both directions"),
-    _f("L4_SRC_PORT", 7, "src_port", "uint", 2, "client port"),
-    _f("IPV4_SRC_ADDR", 8, "src_addr", "ipv4", 4, "client IPv4 address"),
-    _f("INPUT_SNMP", 10, "input_snmp", "uint", 4, "ingress interface index"),
-    _f("L4_DST_PORT", 11, "dst_port", "uint", 2, "server port"),
-    _f("IPV4_DST_ADDR", 12, "dst_addr", "ipv4", 4, "server IPv4 address"),
-    _f("OUTPUT_SNMP", 14, "output_snmp", "uint", 4, "egress interface index"),
-    _f("LAST_SWITCHED", 21, "last_ms", "sec", 4, "last packet, epoch seconds"),
-    _f("FIRST_SWITCHED", 22, "first_ms", "sec", 4, "first packet, epoch seconds"),
-    _f("OUT_BYTES", 23, "out_bytes", "uint", 8, "bytes server to client"),
-    _f("OUT_PKTS", 24, "out_pkts", "uint", 8, "packets server to client"),
-    _f("IPV6_SRC_ADDR", 27, "src_addr", "ipv6", 16, "client IPv6 address"),
-    _f("IPV6_DST_ADDR", 28, "dst_addr", "ipv6", 16, "server IPv6 address"),
-    _f("ICMP_TYPE", 32, "icmp_type", "icmp", 2, "ICMP type * 256 + code"),
-    _f("DST_TOS", 55, "dst_tos", "uint", 1, "TOS/DSCP server to client"),
-    _f("IN_SRC_MAC", 56, "src_mac", "mac", 6, "client MAC address"),
+K = Kind
+REVERSE_PEN = 29305           # RFC 5103 biflows: the reverse direction of an IANA element
+FIELDS: list[Field] = [
+    _f("IN_BYTES", 1, "in_bytes", K.UINT, 8, "bytes client to server", ((0, 85),)),
+    _f("IN_PKTS", 2, "in_pkts", K.UINT, 8, "packets client to server", ((0, 86),)),
+    _f("PROTOCOL", 4, "protocol", K.UINT, 1, "IP protocol number"),
+    _f("SRC_TOS", 5, "src_tos", K.UINT, 1, "TOS/DSCP client to server"),
+    _f("TCP_FLAGS", 6, "client_tcp_flags", K.FLAGS_OR, 1, "OR of the TCP flags of both directions"),
+    _f("L4_SRC_PORT", 7, "src_port", K.UINT, 2, "client port"),
+    _f("IPV4_SRC_ADDR", 8, "src_addr", K.IPV4, 4, "client IPv4 address"),
+    _f("INPUT_SNMP", 10, "input_snmp", K.UINT, 4, "ingress interface index"),
+    _f("L4_DST_PORT", 11, "dst_port", K.UINT, 2, "server port"),
+    _f("IPV4_DST_ADDR", 12, "dst_addr", K.IPV4, 4, "server IPv4 address"),
+    _f("OUTPUT_SNMP", 14, "output_snmp", K.UINT, 4, "egress interface index"),
+    _f("LAST_SWITCHED", 21, "last_ms", K.SEC, 4, "last packet, epoch seconds"),
+    _f("FIRST_SWITCHED", 22, "first_ms", K.SEC, 4, "first packet, epoch seconds"),
+    _f("OUT_BYTES", 23, "out_bytes", K.UINT, 8, "bytes server to client",
+       ((REVERSE_PEN, 1), (REVERSE_PEN, 85))),
+    _f("OUT_PKTS", 24, "out_pkts", K.UINT, 8, "packets server to client",
+       ((REVERSE_PEN, 2), (REVERSE_PEN, 86))),
+    _f("IPV6_SRC_ADDR", 27, "src_addr", K.IPV6, 16, "client IPv6 address"),
+    _f("IPV6_DST_ADDR", 28, "dst_addr", K.IPV6, 16, "server IPv6 address"),
+    _f("ICMP_TYPE", 32, "icmp_type", K.ICMP, 2, "ICMP type * 256 + code", ((0, 139),)),
+    _f("DST_TOS", 55, "dst_tos", K.UINT, 1, "TOS/DSCP server to client", ((REVERSE_PEN, 5),)),
+    _f("IN_SRC_MAC", 56, "src_mac", K.MAC, 6, "client MAC address"),
     # ntopng reads 56/81 as the source (client) MAC and 80/57 as the destination (server) MAC
-    _f("OUT_DST_MAC", 57, "dst_mac", "mac", 6, "server MAC address (IPFIX postDestinationMacAddress)"),
-    _f("SRC_VLAN", 58, "vlan", "uint", 2, "VLAN id (the last, customer tag of QinQ)"),
-    _f("DST_VLAN", 59, "vlan", "uint", 2, "VLAN id (the last, customer tag of QinQ)"),
-    _f("IP_PROTOCOL_VERSION", 60, "ip_version", "uint", 1, "4 or 6"),
-    _f("IN_DST_MAC", 80, "dst_mac", "mac", 6, "server MAC address"),
-    _f("OUT_SRC_MAC", 81, "src_mac", "mac", 6, "client MAC address (IPFIX postSourceMacAddress)"),
-    _f("EXPORTER_IPV4_ADDRESS", 130, "exporter_addr", "exporter_v4", 4, "router that exported the flow"),
-    _f("EXPORTER_IPV6_ADDRESS", 131, "exporter_addr", "exporter_v6", 16, "router that exported the flow"),
-    _f("FLOW_END_REASON", 136, "end_reason", "end_reason", 1, "IPFIX flowEndReason: 1 idle, 2 active, 3 FIN/RST, 4 end"),
-    _f("FLOW_START_MILLISECONDS", 152, "first_ms", "ms", 8, "first packet, epoch ms"),
-    _f("FLOW_END_MILLISECONDS", 153, "last_ms", "ms", 8, "last packet, epoch ms"),
-    _f("DOT1Q_SRC_VLAN", 243, "outer_vlan", "uint", 2, "outer (service) VLAN tag of QinQ"),
-    _f("OBSERVATION_POINT_ID", 300, "observation_point", "uint", 4, "observation point / domain"),
-    _f("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, "client_tcp_flags", "uint", 1, "TCP flags sent by the client"),
-    _f("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, "server_tcp_flags", "uint", 1, "TCP flags sent by the server"),
-    _f("SRC_FRAGMENTS", NTOP_BASE_ID + 80, "src_frags", "uint", 4, "IP fragments client to server"),
-    _f("DST_FRAGMENTS", NTOP_BASE_ID + 81, "dst_frags", "uint", 4, "IP fragments server to client"),
-    _f("SEQ_PLEN", NTOP_BASE_ID + 502, "seq_plen", "bins", 0, "payload-length bins, first 256 packets"),
-    _f("ENTROPY_CLIENT_BYTES", NTOP_BASE_ID + 503, "entropy_c2s", "uint", 2, "client payload byte entropy x1000"),
-    _f("ENTROPY_SERVER_BYTES", NTOP_BASE_ID + 504, "entropy_s2c", "uint", 2, "server payload byte entropy x1000"),
-    _f("SEQ_TDIFF", NTOP_BASE_ID + 505, "seq_tdiff", "bins", 0, "inter-arrival bins, first 256 packets"),
-    _f("FLOW_SOURCE", NTOP_BASE_ID + 579, "flow_source", "uint", 1, "0 packets, 1 NetFlow/IPFIX, 2 sFlow"),
+    _f("OUT_DST_MAC", 57, "dst_mac", K.MAC, 6, "server MAC address (IPFIX postDestinationMacAddress)"),
+    _f("SRC_VLAN", 58, "vlan", K.UINT, 2, "VLAN id (the last, customer tag of QinQ)"),
+    _f("DST_VLAN", 59, "vlan", K.UINT, 2, "VLAN id (the last, customer tag of QinQ)"),
+    _f("IP_PROTOCOL_VERSION", 60, "ip_version", K.UINT, 1, "4 or 6"),
+    _f("IN_DST_MAC", 80, "dst_mac", K.MAC, 6, "server MAC address"),
+    _f("OUT_SRC_MAC", 81, "src_mac", K.MAC, 6, "client MAC address (IPFIX postSourceMacAddress)"),
+    _f("EXPORTER_IPV4_ADDRESS", 130, "exporter_addr", K.EXPORTER_V4, 4, "router that exported the flow"),
+    _f("EXPORTER_IPV6_ADDRESS", 131, "exporter_addr", K.EXPORTER_V6, 16, "router that exported the flow"),
+    _f("FLOW_END_REASON", 136, "end_reason", K.END_REASON, 1, "IPFIX flowEndReason: 1 idle, 2 active, 3 FIN/RST, 4 end"),
+    _f("FLOW_START_MILLISECONDS", 152, "first_ms", K.MS, 8, "first packet, epoch ms"),
+    _f("FLOW_END_MILLISECONDS", 153, "last_ms", K.MS, 8, "last packet, epoch ms"),
+    _f("DOT1Q_SRC_VLAN", 243, "outer_vlan", K.UINT, 2, "outer (service) VLAN tag of QinQ"),
+    _f("OBSERVATION_POINT_ID", 300, "observation_point", K.UINT, 4, "observation point / domain",
+       ((0, 138),)),
+    _f("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, "client_tcp_flags", K.UINT, 1, "TCP flags sent by the client"),
+    _f("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, "server_tcp_flags", K.UINT, 1, "TCP flags sent by the server",
+       ((REVERSE_PEN, 6),)),
+    _f("SRC_FRAGMENTS", NTOP_BASE_ID + 80, "src_frags", K.UINT, 4, "IP fragments client to server"),
+    _f("DST_FRAGMENTS", NTOP_BASE_ID + 81, "dst_frags", K.UINT, 4, "IP fragments server to client"),
+    _f("SEQ_PLEN", NTOP_BASE_ID + 502, "seq_plen", K.BINS, 0, "payload-length bins, first 256 packets"),
+    _f("ENTROPY_CLIENT_BYTES", NTOP_BASE_ID + 503, "entropy_c2s", K.UINT, 2, "client payload byte entropy x1000"),
+    _f("ENTROPY_SERVER_BYTES", NTOP_BASE_ID + 504, "entropy_s2c", K.UINT, 2, "server payload byte entropy x1000"),
+    _f("SEQ_TDIFF", NTOP_BASE_ID + 505, "seq_tdiff", K.BINS, 0, "inter-arrival bins, first 256 packets"),
+    _f("FLOW_SOURCE", NTOP_BASE_ID + 579, "flow_source", K.UINT, 1, "0 packets, 1 NetFlow/IPFIX, 2 sFlow"),
     # per-direction vectors: no id anywhere, exported by name only
-    _f("SEQ_PLEN_CLIENT", None, "seq_plen_c2s", "bins", 0, "payload-length bins, client packets"),
-    _f("SEQ_PLEN_SERVER", None, "seq_plen_s2c", "bins", 0, "payload-length bins, server packets"),
-    _f("SEQ_TDIFF_CLIENT", None, "seq_tdiff_c2s", "bins", 0, "inter-arrival bins, client packets"),
-    _f("SEQ_TDIFF_SERVER", None, "seq_tdiff_s2c", "bins", 0, "inter-arrival bins, server packets"),
-    _f("TUNNEL_TYPE", None, "tunnel", "tunnel", 0, "outermost tunnel the flow was carried in"),
-)
+    _f("SEQ_PLEN_CLIENT", None, "seq_plen_c2s", K.BINS, 0, "payload-length bins, client packets"),
+    _f("SEQ_PLEN_SERVER", None, "seq_plen_s2c", K.BINS, 0, "payload-length bins, server packets"),
+    _f("SEQ_TDIFF_CLIENT", None, "seq_tdiff_c2s", K.BINS, 0, "inter-arrival bins, client packets"),
+    _f("SEQ_TDIFF_SERVER", None, "seq_tdiff_s2c", K.BINS, 0, "inter-arrival bins, server packets"),
+    _f("TUNNEL_TYPE", None, "tunnel", K.TUNNEL, 0, "outermost tunnel the flow was carried in"),
+]
+del K
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 BY_V9: dict[int, Field] = {f.v9: f for f in FIELDS if f.v9 is not None}
+
+
+def register(field: Field) -> Field:
+    """Add a field to the registry (every format finds it by name from then on)."""
+    if field.name in BY_NAME or (field.v9 is not None and field.v9 in BY_V9):
+        raise ValueError(f"field {field.name} (id {field.v9}) is already registered")
+    if field.column not in RECORD_DTYPE.names:
+        raise ValueError(f"field {field.name}: no record column {field.column!r}")
+    FIELDS.append(field)
+    BY_NAME[field.name] = field
+    if field.v9 is not None:
+        BY_V9[field.v9] = field
+    return field
+
+
+def unregister(name: str) -> None:
+    field = BY_NAME.pop(name)
+    FIELDS.remove(field)
+    if field.v9 is not None:
+        del BY_V9[field.v9]
 
 # The fields a plain dump shows (and the -T default): the flow key, counters, times, features.
 DEFAULT_TEMPLATE: tuple[str, ...] = (
@@ -197,53 +327,15 @@ def lookup(name: str) -> Field:
 
 
 # --- values ----------------------------------------------------------------------------------
-def _ipv4_texts(raw: np.ndarray) -> list:
-    return [socket.inet_ntop(socket.AF_INET, b) for b in map(bytes, raw[:, :4])]
-
-
-def _ipv6_texts(raw: np.ndarray) -> list:
-    return [socket.inet_ntop(socket.AF_INET6, b) for b in map(bytes, raw)]
-
-
-def _mac_texts(raw: np.ndarray) -> list:
-    return [b.hex(":") for b in map(bytes, raw)]
-
-
 def field_values(field: Field, records: np.ndarray) -> list:
     """The values of ``field`` for every record, as a list of Python values, None where the
     field does not apply to a record (an IPv6 address on an IPv4 flow, ICMP type on TCP...).
     Works column-wise: one numpy operation per field, not one per record."""
-    col = records[field.column]
-    kind = field.kind
-    if kind == "uint":
-        return col.tolist()
-    if kind in ("ipv4", "ipv6", "exporter_v4", "exporter_v6"):
-        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
-        want = 4 if kind.endswith("4") else 6
-        mask = version == want
-        out: list = [None] * len(records)
-        texts = (_ipv4_texts if want == 4 else _ipv6_texts)(col[mask])
-        for i, t in zip(np.flatnonzero(mask).tolist(), texts):
-            out[i] = t
-        return out
-    if kind == "mac":
-        return _mac_texts(col)
-    if kind == "sec":
-        return (col // 1000).tolist()
-    if kind == "ms":
-        return col.tolist()
-    if kind == "bins":
-        return col.tolist()
-    if kind == "flags_or":
-        return (records["client_tcp_flags"] | records["server_tcp_flags"]).tolist()
-    if kind == "icmp":
-        icmp = np.isin(records["protocol"], (1, 58))
-        return [v if ok else None for v, ok in zip(col.tolist(), icmp.tolist())]
-    if kind == "end_reason":
-        return np.asarray(END_REASON_IPFIX)[col].tolist()
-    if kind == "tunnel":
-        return [TUNNELS[v] for v in col.tolist()]
-    raise AssertionError(f"field kind {kind!r} has no value rule")
+    codec = field.codec
+    values = codec.values(records, records[field.column])
+    if codec.applies is None:
+        return values
+    return [v if ok else None for v, ok in zip(values, codec.applies(records).tolist())]
 
 
 def records_to_dicts(records: np.ndarray, names=DEFAULT_TEMPLATE) -> list[dict]:

@@ -12,31 +12,45 @@ from typing import Optional
 
 import numpy as np
 
-from engine.fields import RECORD_DTYPE
+from engine.fields import FIELDS, RECORD_DTYPE, Kind
 
-REVERSE_PEN = 29305
 NTP_EPOCH_OFFSET = 2208988800          # seconds from 1900-01-01 to 1970-01-01
 VARLEN = 65535
 
-# (pen, element) -> column for plain integer columns
-_INT_COLUMNS = {
-    4: "protocol", 5: "src_tos", 6: "client_tcp_flags", 7: "src_port", 11: "dst_port",
-    10: "input_snmp", 14: "output_snmp", 58: "vlan", 55: "dst_tos", 60: "ip_version",
-    138: "observation_point", 243: "outer_vlan",
-}
-_REVERSE_INT_COLUMNS = {6: "server_tcp_flags", 5: "dst_tos"}
-_COUNTERS = {1: "in_bytes", 2: "in_pkts", 85: "in_bytes", 86: "in_pkts", 23: "out_bytes",
-             24: "out_pkts"}
-_REVERSE_COUNTERS = {1: "out_bytes", 2: "out_pkts", 85: "out_bytes", 86: "out_pkts"}
 _SAMPLING = {34, 50, 305}      # samplingInterval, samplerRandomInterval, samplingPacketInterval
 SAMPLING_ELEMENTS = _SAMPLING | {306}
+
+# How a registry field's wire value goes into its column, by kind, and the length it needs
+# (None: any). Times, ICMP type/code pairs, sampling and the init time are not plain fields:
+# convert() handles those elements itself.
+_DECODES = {Kind.UINT: ("int", None), Kind.FLAGS_OR: ("int", None), Kind.ICMP: ("icmp", None),
+            Kind.IPV4: ("ipv4", 4), Kind.IPV6: ("ipv6", 16), Kind.EXPORTER_V4: ("exp4", 4),
+            Kind.EXPORTER_V6: ("exp6", 16), Kind.MAC: ("mac", 6)}
+
+
+def element_map() -> dict:
+    """(pen, element) -> (field, primary) for every registry field the collector can decode:
+    its NetFlow v9 id, its IPFIX (pen, element) and its aliases (primary False: a field's own
+    id wins over an alias when a record has both)."""
+    out: dict = {}
+    for f in FIELDS:
+        if f.v9 is None or f.kind not in _DECODES:
+            continue
+        out.setdefault((0, f.v9), (f, True))
+        if f.pen:
+            out.setdefault((f.pen, f.element), (f, True))
+    for f in FIELDS:
+        if f.kind in _DECODES:
+            for alias in f.aliases:
+                out.setdefault(alias, (f, False))
+    return out
 
 
 class Template:
     """One template: fields as (pen, element, length); ``dtype`` covers the fixed fields."""
 
     __slots__ = ("tid", "fields", "fixed", "reclen", "dtype", "names", "scope_count",
-                 "is_options", "minlen")
+                 "is_options", "minlen", "program")
 
     def __init__(self, tid: int, fields: list, scope_count: int = 0, is_options: bool = False):
         self.tid = tid
@@ -59,6 +73,19 @@ class Template:
         self.reclen = self.dtype.itemsize if self.fixed else 0
         # a variable-length field takes at least one length byte
         self.minlen = sum((1 if length == VARLEN else length) for _, _, length in fields)
+        # registry fields in decoding order: (record field index, field, how), aliases first so
+        # that a field's own id, decoded later, wins
+        known = element_map()
+        steps = []
+        for i, (pen, elem, length) in enumerate(fields):
+            hit = known.get((pen, elem))
+            if hit is None or length == VARLEN:
+                continue
+            f, primary = hit
+            how, need = _DECODES[f.kind]
+            if need is None or need == length:
+                steps.append((primary, i, f, how))
+        self.program = [(i, f, how) for primary, i, f, how in sorted(steps, key=lambda s: s[0])]
 
     def same_as(self, fields: list, scope_count: int) -> bool:
         return self.fields == fields and self.scope_count == scope_count
@@ -147,55 +174,45 @@ def convert(tmpl: Template, arr: np.ndarray, meta: dict, normalize: bool = False
     sampling = None
     icmp = None
     v6 = False
+    for i, f, how in tmpl.program:
+        col = arr[f"f{i}"]
+        if how == "int":
+            out[f.column] = _as_u64(col)
+            have.add(f.column)
+        elif how == "ipv4":
+            out[f.column][:, :4] = _addr_bytes(col, 4)
+        elif how == "ipv6":
+            out[f.column] = col
+            v6 = True
+        elif how == "exp4":                          # relayed flows name their router
+            out[f.column][:, :4] = _addr_bytes(col, 4)
+            out[f.column][:, 4:] = 0
+            out["exporter_ip_version"] = 4
+        elif how == "exp6":
+            out[f.column] = col
+            out["exporter_ip_version"] = 6
+        elif how == "mac":
+            out[f.column] = col
+        elif how == "icmp":
+            icmp = _as_u64(col)
     for i, (pen, elem, length) in enumerate(tmpl.fields):
-        if length == VARLEN:
+        if length == VARLEN or pen != 0:
             continue
         col = arr[f"f{i}"]
-        if pen == 0:
-            if elem in _COUNTERS:
-                name = _COUNTERS[elem]
-                if elem in (85, 86) and name in have:
-                    continue
-                out[name] = _as_u64(col)
-                have.add(name)
-            elif elem in _INT_COLUMNS:
-                out[_INT_COLUMNS[elem]] = _as_u64(col)
-                have.add(_INT_COLUMNS[elem])
-            elif elem in (8, 12) and length == 4:
-                out["src_addr" if elem == 8 else "dst_addr"][:, :4] = _addr_bytes(col, 4)
-            elif elem in (27, 28) and length == 16:
-                out["src_addr" if elem == 27 else "dst_addr"] = col
-                v6 = True
-            elif elem == 130 and length == 4:       # exporterIPv4Address (relayed flows)
-                out["exporter_addr"][:, :4] = _addr_bytes(col, 4)
-                out["exporter_addr"][:, 4:] = 0
-                out["exporter_ip_version"] = 4
-            elif elem == 131 and length == 16:
-                out["exporter_addr"] = col
-                out["exporter_ip_version"] = 6
-            elif elem in (56, 80) and length == 6:
-                out["src_mac" if elem == 56 else "dst_mac"] = col
-            elif elem in (32, 139):
-                icmp = _as_u64(col)
-            elif elem in (176, 178):
-                icmp = (icmp if icmp is not None else 0) + (_as_u64(col) << np.uint64(8))
-            elif elem in (177, 179):
-                icmp = (icmp if icmp is not None else 0) + _as_u64(col)
-            elif elem in (22, 150, 152, 154, 156, 158):
-                first, first_kind = _as_u64(col), elem
-            elif elem in (21, 151, 153, 155, 157, 159):
-                last, last_kind = _as_u64(col), elem
-            elif elem == 160:
-                meta = dict(meta)
-                meta["init_ms"] = _as_u64(col).astype(np.int64)
-            elif elem in _SAMPLING:
-                s = _as_u64(col)
-                sampling = s if sampling is None else np.maximum(sampling, s)
-        elif pen == REVERSE_PEN:
-            if elem in _REVERSE_COUNTERS:
-                out[_REVERSE_COUNTERS[elem]] = _as_u64(col)
-            elif elem in _REVERSE_INT_COLUMNS:
-                out[_REVERSE_INT_COLUMNS[elem]] = _as_u64(col)
+        if elem in (176, 178):
+            icmp = (icmp if icmp is not None else 0) + (_as_u64(col) << np.uint64(8))
+        elif elem in (177, 179):
+            icmp = (icmp if icmp is not None else 0) + _as_u64(col)
+        elif elem in (22, 150, 152, 154, 156, 158):
+            first, first_kind = _as_u64(col), elem
+        elif elem in (21, 151, 153, 155, 157, 159):
+            last, last_kind = _as_u64(col), elem
+        elif elem == 160:
+            meta = dict(meta)
+            meta["init_ms"] = _as_u64(col).astype(np.int64)
+        elif elem in _SAMPLING:
+            s = _as_u64(col)
+            sampling = s if sampling is None else np.maximum(sampling, s)
     if "ip_version" not in have:
         out["ip_version"] = 6 if v6 else 4
     if icmp is not None:

@@ -27,7 +27,7 @@ cdef enum:
     T_U64 = 5
     T_STRING = 11
 
-# field kinds, as in engine.fields
+# the value kinds of engine.fields.Kind: the C codec of each (checked against it at import)
 cdef enum:
     K_UINT = 0
     K_SEC
@@ -43,9 +43,18 @@ cdef enum:
     K_END_REASON
     K_TUNNEL
 
-KINDS = {"uint": K_UINT, "sec": K_SEC, "ms": K_MS, "flags_or": K_FLAGS_OR, "ipv4": K_IPV4,
-         "ipv6": K_IPV6, "exporter_v4": K_EXP_V4, "exporter_v6": K_EXP_V6, "mac": K_MAC,
-         "bins": K_BINS, "icmp": K_ICMP, "end_reason": K_END_REASON, "tunnel": K_TUNNEL}
+
+def _check_kinds():
+    from engine.fields import Kind
+    ours = {"UINT": K_UINT, "SEC": K_SEC, "MS": K_MS, "FLAGS_OR": K_FLAGS_OR, "IPV4": K_IPV4,
+            "IPV6": K_IPV6, "EXPORTER_V4": K_EXP_V4, "EXPORTER_V6": K_EXP_V6, "MAC": K_MAC,
+            "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL}
+    if ours != {k.name: k.value for k in Kind}:
+        raise ImportError("engine.export._encode: value kinds out of step with engine.fields.Kind "
+                          "(rebuild the extension)")
+
+
+_check_kinds()
 
 ctypedef struct spec_t:
     int kind
@@ -138,7 +147,7 @@ cdef class Encoder:
             raise MemoryError()
         for i, (f, key, jkey) in enumerate(zip(fields, keys, json_keys)):
             s = &self.specs[i]
-            s.kind = KINDS[f.kind]
+            s.kind = int(f.kind)
             base = dtype.fields[f.column][0]
             s.off = dtype.fields[f.column][1]
             s.size = base.base.itemsize if base.shape else base.itemsize

@@ -41,7 +41,7 @@ import numpy as np
 
 from engine.errors import FlowprobeError
 from engine.export.templates import TemplateError, parse_template
-from engine.fields import BY_NAME, END_REASON_IPFIX, Field
+from engine.fields import BY_NAME, Field, Kind
 
 VERSIONS = (5, 9, 10)
 V5_MAX_RECORDS = 30
@@ -84,8 +84,7 @@ class WireTemplate:
     def __post_init__(self):
         parts = []
         for i, w in enumerate(self.fields):
-            if w.field.kind in ("uint", "sec", "ms", "flags_or", "icmp", "end_reason") \
-                    and w.length in _UINT:
+            if w.field.codec.netflow_int and w.length in _UINT:
                 parts.append((f"f{i}", _UINT[w.length]))
             else:
                 parts.append((f"f{i}", "u1", (w.length,)))
@@ -109,14 +108,14 @@ def wire_fields(template, version: int, warn=None, skipped_out=None) -> list[Wir
     out, skipped = [], []
     names = {f.name for f in template.fields}
     for f in template.fields:
-        if f.v9 is None or not f.length:
+        if f.v9 is None or not f.length or f.codec.netflow is None:
             skipped.append(f.name)
             continue
         if version == 10 and f.name in IPFIX_TIME_IDS:
             ms_name, element = IPFIX_TIME_IDS[f.name]
             if ms_name not in names:          # else the same time is already there, in ms
                 out.append(WireField(BY_NAME[ms_name], element, 0, element, 8))
-        elif version == 9 and f.kind == "sec":
+        elif version == 9 and f.kind is Kind.SEC:
             out.append(WireField(f, f.v9, 0, f.v9, 4, time=True))
         else:
             out.append(WireField(f, f.v9, f.pen or 0, f.element, f.length))
@@ -129,35 +128,20 @@ def wire_fields(template, version: int, warn=None, skipped_out=None) -> list[Wir
 
 
 def _column(w: WireField, records: np.ndarray, base_ms: int) -> np.ndarray:
-    """One wire field's values for every record, ready to assign into the template dtype."""
+    """One wire field's values for every record, ready to assign into the template dtype: the
+    kind's NetFlow codec, zero where the field does not apply, clipped to the wire length."""
     f = w.field
     col = records[f.column]
-    kind = f.kind
-    n = len(records)
-    if kind == "uint":
-        return np.minimum(col, np.uint64((1 << (8 * w.length)) - 1)) \
-            if col.dtype.itemsize > w.length else col
-    if kind == "sec":
-        if w.time:
-            return (col.astype(np.int64) - base_ms).clip(0, 0xFFFFFFFF).astype(np.uint32)
-        return (col // 1000).astype(np.uint32)
-    if kind == "ms":
-        return col
-    if kind == "flags_or":
-        return records["client_tcp_flags"] | records["server_tcp_flags"]
-    if kind == "icmp":
-        return np.where(np.isin(records["protocol"], (1, 58)), col, 0)
-    if kind == "end_reason":
-        return np.asarray(END_REASON_IPFIX, dtype=np.uint8)[col]
-    if kind in ("ipv4", "exporter_v4"):
-        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
-        return np.where((version == 4)[:, None], col[:, :4], 0)
-    if kind in ("ipv6", "exporter_v6"):
-        version = records["exporter_ip_version" if kind.startswith("exporter") else "ip_version"]
-        return np.where((version == 6)[:, None], col[:, :16], 0)
-    if kind == "mac":
-        return col
-    raise AssertionError(f"field {f.name} (kind {kind}) has no NetFlow encoding")  # pragma: no cover
+    if w.time:                               # v9 FIRST/LAST_SWITCHED: uptime milliseconds
+        return (col.astype(np.int64) - base_ms).clip(0, 0xFFFFFFFF).astype(np.uint32)
+    codec = f.codec
+    out = codec.netflow(records, col)
+    if codec.applies is not None:
+        mask = codec.applies(records)
+        out = np.where(mask[:, None] if out.ndim > 1 else mask, out, 0)
+    if codec.netflow_int and out.dtype.itemsize > w.length:
+        out = np.minimum(out, np.uint64((1 << (8 * w.length)) - 1))
+    return out
 
 
 @dataclass
@@ -208,8 +192,8 @@ class NetFlowExporter:
             if not wf:
                 raise FlowprobeError("-T: none of the fields can be exported over NetFlow/IPFIX",
                                      status=2)
-            v4 = [w for w in wf if w.field.kind != "ipv6"]
-            v6 = [w for w in wf if w.field.kind != "ipv4"]
+            v4 = [w for w in wf if w.field.kind is not Kind.IPV6]
+            v6 = [w for w in wf if w.field.kind is not Kind.IPV4]
             if [w.field.name for w in v4] == [w.field.name for w in v6]:
                 self.templates = [WireTemplate(template_id, 0, v4)]
             else:
@@ -219,7 +203,7 @@ class NetFlowExporter:
             from engine.fields import RECORD_DTYPE
             for w in wf:
                 col = w.field.column
-                if w.field.kind == "uint" and col in (RECORD_DTYPE.names or ()) \
+                if w.field.kind is Kind.UINT and col in (RECORD_DTYPE.names or ()) \
                         and RECORD_DTYPE[col].itemsize > w.length:
                     self._narrow.append((col, (1 << (8 * w.length)) - 1))
             head = V9_HEADER.size if version == 9 else IPFIX_HEADER.size

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Optional
 
-from engine.fields import BY_NAME, NTOP_BASE_ID, NTOP_PEN, Field, UnknownField, lookup
+from engine.fields import BY_NAME, NTOP_BASE_ID, NTOP_PEN, Field, Kind, UnknownField, lookup
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,16 @@ class ProbeField:
     v9: int
     pen: int
     element: int
-    kind: str           # "uint" or "ipv4" (dotted text)
+    kind: Kind          # UINT or IPV4 (dotted text)
     length: int
     description: str
 
 
 PROBE_FIELDS: dict[str, ProbeField] = {
-    "UNIQUE_SOURCE_ID": ProbeField("UNIQUE_SOURCE_ID", NTOP_BASE_ID + 589, NTOP_PEN, 589, "uint", 4,
+    "UNIQUE_SOURCE_ID": ProbeField("UNIQUE_SOURCE_ID", NTOP_BASE_ID + 589, NTOP_PEN, 589, Kind.UINT, 4,
                                    "probe identity (--source-id)"),
     "NPROBE_IPV4_ADDRESS": ProbeField("NPROBE_IPV4_ADDRESS", NTOP_BASE_ID + 471, NTOP_PEN, 471,
-                                      "ipv4", 4, "IPv4 address of the probe host"),
+                                      Kind.IPV4, 4, "IPv4 address of the probe host"),
 }
 
 # @NTOPNG@: the fields ntopng interprets (protocol spec §7.2/§7.3) that the registry provides.

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from engine.fields import Field, field_values
+from engine.fields import Field, Form, field_values
 
 PREAMBLE = b"\x01\x01"
 END_OF_RECORD = b"\x01"
@@ -133,15 +133,13 @@ class RecordEncoder:
         self.suffix = b"".join(ItemEncoder(field_key(p)).value(v) for p, v in constants) + END_OF_RECORD
 
     def column(self, f: Field, item: ItemEncoder, records: np.ndarray) -> list:
-        kind = f.kind
-        if kind in ("uint", "sec", "ms", "flags_or"):
-            return item.uint_column(field_values(f, records))
         vals = field_values(f, records)
-        if kind in ("ipv4", "ipv6", "exporter_v4", "exporter_v6", "mac", "tunnel"):
+        form = f.codec.form
+        if form is Form.TEXT:
             return item.string_column(vals)
-        if kind == "icmp" or kind == "end_reason":
-            return [b"" if v is None else item.value(v) for v in vals]
-        return [item.value(v) for v in vals]
+        if form is Form.NUMBER and f.codec.applies is None:
+            return item.uint_column(vals)
+        return [b"" if v is None else item.value(v) for v in vals]
 
     def encode(self, records: np.ndarray) -> list[bytes]:
         """One bytes object per record."""
