@@ -10,6 +10,9 @@ import time
 
 import numpy as np
 
+from bench import common
+from bench.common import WORK
+
 HELP = "flows/s exported over ZeroMQ per format, with/without compression, zero unaccounted loss"
 
 SUB_CODE = r"""
@@ -50,50 +53,28 @@ def add_arguments(p) -> None:
 
 
 def _records(path: str, limit: int) -> np.ndarray:
-    from engine._fastpath import FlowTable
-    from engine.sources.pcapfile import FileSource
-    table = FlowTable(max_flows=1 << 20, idle_timeout=30, lifetime=120, features=True)
-    out, n = [], 0
-    src = FileSource(path)
-    for buf, meta in src.batches():
-        i = 0
-        while i < len(meta):
-            i = table.process(buf, meta, i)
-            if table.pending:
-                r = table.take(); out.append(r); n += len(r)
-        if n >= limit:
-            break
-    while n < limit:
-        done = table.flush()
-        if table.pending:
-            r = table.take(); out.append(r); n += len(r)
-        if done:
-            break
-    src.close()
-    recs = np.concatenate(out)
+    from engine.probe import capture_records
+    recs, _ = capture_records(path, max_flows=1 << 20)
     if len(recs) < limit:                       # repeat to reach the requested count
         recs = np.concatenate([recs] * (limit // len(recs) + 1))
     return recs[:limit]
 
 
 def _default_pcap() -> str:
-    from bench.common import WORK
-    from tests.conftest import PCAPS
+    """The bench capture if one was built (bench/work), else the project's demo capture."""
     cands = sorted(WORK.glob("*.pcap"))
-    if cands:
-        return str(cands[0])
-    return str(max(PCAPS.glob("*.pcap"), key=lambda p: p.stat().st_size))
+    return str(cands[0]) if cands else str(common.ROOT / "data" / "demo.pcap")
 
 
 def one(records: np.ndarray, fmt: str, compress: bool) -> dict:
-    from engine.export.zmq import FORMATS, ZMQExporter
+    from engine.export.zmq import ZMQExporter
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     url = f"tcp://127.0.0.1:{port}"
     sub = subprocess.Popen([sys.executable, "-c", SUB_CODE, url, "2"], stdout=subprocess.PIPE,
                            text=True)
     sub.stdout.readline()
-    exp = ZMQExporter([url], fmt=FORMATS[fmt], compress=compress, wait_subscriber=10,
+    exp = ZMQExporter([url], fmt={"t": "tlv", "j": "json", "m": "msgpack"}.get(fmt, fmt), compress=compress, wait_subscriber=10,
                       stats_interval=0, offline=True, sndhwm=10000)
     exp.export(records[:1])                     # waits for the subscription
     t0 = time.perf_counter(); c0 = time.process_time()
@@ -116,7 +97,6 @@ QUICK = {"flows": 30_000, "reps": 1}
 
 
 def measure(quick: bool = False, pcap=None, flows=None, reps=None, formats="t,j,m") -> dict:
-    from bench import common
     cfg = QUICK if quick else FULL
     flows = flows or cfg["flows"]
     reps = reps or cfg["reps"]
@@ -147,7 +127,6 @@ FORMAT_NAMES = {"t": "TLV", "j": "JSON", "m": "msgpack"}
 
 
 def markdown(res: dict) -> str:
-    from bench import common
     lines = [f"### Export: flows/s encoded and sent into a ZeroMQ subscriber process "
              f"({res['flows_per_run']:,} flow records from `{res['pcap']}` a run, "
              f"{res['reps']} repetition(s): median (min-max))", "",
@@ -169,7 +148,6 @@ def markdown(res: dict) -> str:
 
 
 def run(args) -> int:
-    from bench import common
     res = measure(getattr(args, "quick", False), args.pcap, args.flows, args.reps, args.formats)
     if args.json:
         print(json.dumps(res, indent=1))

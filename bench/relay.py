@@ -3,7 +3,7 @@ ZeroMQ on loopback, plain and CURVE, with every datagram accounted.
 
 One run (one row, one repetition):
 
-* ``python -m engine.relay -c 127.0.0.1:U -z tcp://127.0.0.1:Zc [-k SECRET] -v`` runs pinned to
+* ``python -m engine.apps.flowrelay -c 127.0.0.1:U -z tcp://127.0.0.1:Zc [-k SECRET] -v`` runs pinned to
   core 0 (default ``--queue``: 10000 datagrams);
 * a receiver process (``RECV_CODE``) connects to it exactly as ``flowprobe --collector-port
   tcp://...`` does (``engine.collect.relay.RelayReceiver``: a PULL socket, CURVE client with the
@@ -114,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def udp_drops_by_port(port: int) -> int | None:
     """The kernel's drop counter of the UDP socket(s) bound to ``port`` (another process's)."""
-    from engine.collect import udp_socket_rows
+    from engine.collect.receive import udp_socket_rows
     drops = [int(r[12]) for r in udp_socket_rows() if r[1].endswith(":%04X" % port)]
     return sum(drops) if drops else None
 
@@ -123,10 +123,10 @@ class _Relay:
     def __init__(self, secret: str | None, core: int):
         self.udp, self.zport = common.free_port(socket.SOCK_DGRAM), common.free_port()
         self.err = tempfile.TemporaryFile("w+")
-        argv = [sys.executable, "-m", "engine.relay", "-c", f"127.0.0.1:{self.udp}",
+        argv = [sys.executable, "-m", "engine.apps.flowrelay", "-c", f"127.0.0.1:{self.udp}",
                 "-z", f"tcp://127.0.0.1:{self.zport}c", "-v", "--stats-interval", "0.2"]
         if secret:
-            argv += ["-k", secret]
+            argv += [f"--key={secret}"]  # a Z85 key may start with "-"
         self.proc = subprocess.Popen(argv, cwd=str(common.ROOT), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.err, text=True,
                                      preexec_fn=lambda: os.sched_setaffinity(0, {core}))
@@ -360,7 +360,7 @@ def markdown(res: dict) -> str:
                      f"{common.fmt_summary(r['offered_per_s'])} | {r['sent']:,} | "
                      f"{r['received']:,} | {r['relay_drops']:,} | {kd} | "
                      f"{r['unaccounted']:,} |")
-    lines += ["", "flowrelay (`python -m engine.relay -v`, default --queue 10000) pinned to one "
+    lines += ["", "flowrelay (`python -m engine.apps.flowrelay -v`, default --queue 10000) pinned to one "
               "core; the generator and the receiver (a ZeroMQ PULL socket, CURVE client, as "
               "flowprobe connects) share the other. Datagrams/s: received / (last received - "
               "first sent). Relay-counted drops: queue_drops + invalid + not_allowed from the "

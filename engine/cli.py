@@ -1,173 +1,149 @@
-"""The `flowprobe` command: nProbe's flag names wherever nProbe has the feature."""
+"""The `flowprobe` command: the options (engine.arguments) turned into sources, a run loop and
+exporters, run until the input ends or a signal stops it."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import signal
 import sys
 
-from engine import __version__
+from engine.arguments import build_parser, flag_of, parse  # noqa: F401  (build_parser: tests)
 from engine.errors import FlowprobeError
-
-# Modules that add flags and exporters/sources: each has add_arguments(parser) and
-# from_args(args, config) -> list of exporters (or sources, for record sources).
-EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow", "engine.health")
-SOURCE_MODULES: tuple[str, ...] = ("engine.collect",)
+from engine.options import Options
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:          # one line, not usage + error
-        raise FlowprobeError(f"{message} (see flowprobe --help)", status=2)
+def probe_config(opts: Options):
+    from engine.probe import ProbeConfig
+    t = opts.table
+    return ProbeConfig(max_flows=t.max_flows, idle_timeout=t.idle_timeout, lifetime=t.lifetime,
+                       features=t.features, stats_interval=1.0 if opts.output.verbose >= 1 else 0.0,
+                       interface_name=",".join(opts.capture.inputs), mode=opts.mode.value)
 
 
-def _int_range(lo: int, hi: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}")
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, not {v}")
-        return v
-    return parse
+def collector_source(opts: Options):
+    from engine.collect import CollectorSource
+    from engine.collect.badpackets import BadPacketWriter
+    c, t = opts.collector, opts.table
+    bad = BadPacketWriter(c.bad_packets) if c.bad_packets else None
+    try:
+        return CollectorSource(c.binds, mode=c.mode, upscale=c.upscale,
+                               idle_timeout=t.idle_timeout, lifetime=t.lifetime,
+                               max_flows=t.max_flows, bad_dump=bad, idle_exit=c.idle_exit,
+                               relays=c.relays, relay_key=c.relay_key)
+    except FlowprobeError:
+        if bad:
+            bad.close()
+        raise
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="flowprobe", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--interface", action="append", default=[], metavar="SRC",
-                   help="capture file (pcap/pcapng), list file of captures, interface name, or "
-                        "'none' (collector only); repeatable, processed in order")
-    p.add_argument("-f", "--bpf-filter", metavar="EXPR", help="BPF filter, e.g. 'tcp port 443'")
-    p.add_argument("-s", "--snaplen", type=_int_range(64, 262144, "snaplen"), default=65535,
-                   help="live capture snapshot length (default 65535)")
-    p.add_argument("--no-promisc", action="store_true", help="do not put interfaces in "
-                                                              "promiscuous mode")
-    p.add_argument("-w", "--hash-size", type=_int_range(1, 1 << 30, "hash size"), default=262144,
-                   metavar="FLOWS", help="flow table size in flows (default 262144)")
-    p.add_argument("-t", "--lifetime-timeout", type=_int_range(1, 1 << 31, "lifetime timeout"),
-                   default=120, metavar="SEC", help="export long flows every SEC seconds "
-                                                    "(default 120)")
-    p.add_argument("-d", "--idle-timeout", type=_int_range(1, 1 << 31, "idle timeout"),
-                   default=30, metavar="SEC", help="export flows idle for SEC seconds (default 30)")
-    p.add_argument("--no-features", action="store_true",
-                   help="do not compute behaviour features (SEQ_PLEN, SEQ_TDIFF, entropy)")
-    p.add_argument("-n", "--collector", action="append", default=[], metavar="HOST:PORT",
-                   help="NetFlow/IPFIX collector (repeatable, see -V); 'none': export no flows "
-                        "(nProbe's spelling; used for benchmarks)")
-    p.add_argument("--dump-format", choices=("text", "json", "csv"),
-                   help="print finished flows to stdout in this format (the default, as text, "
-                        "when no exporter is configured)")
-    p.add_argument("-b", "--verbose", type=_int_range(0, 2, "verbosity"), default=0,
-                   metavar="LEVEL", help="1: print statistics every second to stderr")
-    p.add_argument("--version", action="version", version=f"flowprobe {__version__}")
-    # multi-core capture (engine/workers.py) and PF_RING (engine/sources/pfring.py)
-    p.add_argument("-g", "--cpu-affinity", metavar="CORES",
-                   help="one capture worker process per core, pinned (e.g. 0,1 or 0-3 or 1,3-5)")
-    p.add_argument("--pfring", action="store_true",
-                   help="capture on interfaces through PF_RING (same as -i pfring:IFACE)")
-    importlib.import_module("engine.service").add_arguments(p)     # service flags
-    for name in EXPORTER_MODULES + SOURCE_MODULES:
-        importlib.import_module(name).add_arguments(p)
-    return p
-
-
-def _packet_sources(inputs: list[str], args) -> list:
-    from engine.sources.live import PcapySource
-    from engine.sources.pcapfile import FileSource, expand_inputs
-    sources = []
-    for item in expand_inputs(inputs):
-        if item == "none":
-            continue
-        if os.path.exists(item):
-            if args.bpf_filter:       # libpcap applies the filter; our reader has no BPF engine
-                sources.append(PcapySource(item, live=False, bpf=args.bpf_filter))
-            else:
-                sources.append(FileSource(item))
-        elif item.startswith("pfring:") or (args.pfring and
-                                            os.path.exists(f"/sys/class/net/{item}")):
-            from engine.sources.pfring import PfringSource
-            sources.append(PfringSource(item.split(":", 1)[-1], snaplen=args.snaplen,
-                                        promisc=not args.no_promisc, bpf=args.bpf_filter))
-        elif os.path.exists(f"/sys/class/net/{item}") or item in ("any", "lo"):
-            sources.append(PcapySource(item, live=True, snaplen=args.snaplen,
-                                       promisc=not args.no_promisc, bpf=args.bpf_filter))
-        else:
-            raise FlowprobeError(f"{item!r}: no such capture file or network interface")
-    return sources
+def exporters(opts: Options) -> list:
+    """The exporters the options ask for, in delivery order; the stdout dump when nothing else
+    exports flows (and -n none was not given)."""
+    from engine.export.templates import COLLECTOR_FIELDS, parse_template
+    from engine.options import RunMode
+    out: list = []
+    collecting = opts.mode is RunMode.COLLECTOR
+    if opts.zmq is not None:
+        from engine.export.zmq import ZMQExporter
+        z = opts.zmq
+        template = parse_template(opts.template)
+        if collecting and not opts.template:             # where each collected flow came from
+            template = template.with_fields(*COLLECTOR_FIELDS)
+        out.append(ZMQExporter(
+            list(z.endpoints), fmt=z.fmt, template=template, compress=z.compress,
+            probe_mode=z.probe_mode, curve_server_key=z.curve_server_key, source_id=z.source_id,
+            observation_point=opts.engine.engine_id if opts.engine else None, labels=z.labels,
+            wait_subscriber=z.wait_subscriber, stats_interval=z.stats_interval, sndhwm=z.sndhwm,
+            sndbuf=z.sndbuf, max_flows_per_message=z.max_flows_per_message,
+            offline=z.offline,
+            defaults={"interface": ",".join(opts.capture.inputs),
+                      "idle_timeout": opts.table.idle_timeout, "lifetime": opts.table.lifetime,
+                      "mode": opts.mode.value}))
+    if opts.netflow is not None:
+        from engine.export.netflow import NetFlowExporter
+        n = opts.netflow
+        engine = opts.engine
+        out.append(NetFlowExporter(
+            list(n.destinations), version=n.version,
+            template=parse_template(opts.template) if n.version != 5 else None,
+            template_id=n.template_id, engine_type=engine.engine_type if engine else 0,
+            engine_id=engine.engine_id if engine else 0, mtu=n.mtu,
+            all_destinations=n.all_destinations, template_refresh=n.template_refresh))
+    h = opts.health
+    if h.dump_stats or h.metrics:
+        from engine.health import HealthExporter
+        out.append(HealthExporter(h.dump_stats, h.dump_stats_interval, h.metrics))
+    flows_exported = any(not e.passive for e in out)
+    if opts.output.dump_format or (not flows_exported and not opts.output.export_none):
+        from engine.export.dump import DumpExporter
+        from engine.fields import DEFAULT_TEMPLATE
+        names = DEFAULT_TEMPLATE + (COLLECTOR_FIELDS if collecting else ())
+        out.append(DumpExporter(sys.stdout, opts.output.dump_format or "text", names))
+    return out
 
 
 def run(argv: list[str]) -> int:
-    from engine.export.dump import DumpExporter
-    from engine.export.templates import COLLECTOR_FIELDS
-    from engine.fields import DEFAULT_TEMPLATE
-    from engine.probe import Probe, ProbeConfig
-
-    from engine import config as config_file, service
-    parser = build_parser()
-    args = parser.parse_args(config_file.expand_argv(argv, parser))
-    reopen_logs = service.setup_logging(args)
-    if not args.interface:
-        raise FlowprobeError("no input: give -i FILE.pcap, -i IFACE, or -i none with a "
-                             "collector port", status=2)
-    config = ProbeConfig(max_flows=args.hash_size, idle_timeout=args.idle_timeout,
-                         lifetime=args.lifetime_timeout, features=not args.no_features,
-                         stats_interval=1.0 if args.verbose >= 1 else 0.0,
-                         interface_name=",".join(args.interface))
-    if args.cpu_affinity:                     # workers open their own captures
-        from engine import workers
-        cores = workers.parse_cores(args.cpu_affinity)
-        sources = [workers.plan_inputs(args.interface, args)]
-        if getattr(args, "collector_port", None):
-            raise FlowprobeError("-g is for packet capture: run the collector without -g",
-                                 status=2)
+    from engine import service
+    opts = parse(argv)
+    reopen_logs = service.setup_logging(opts.service)
+    config = probe_config(opts)
+    if opts.cores:                        # workers open their own captures
+        from engine.workers import plan_workers
+        plan = plan_workers(opts.capture)
+        sources = []
     else:
-        sources = _packet_sources(args.interface, args)
-    for name in SOURCE_MODULES if not args.cpu_affinity else ():
-        sources += importlib.import_module(name).from_args(args, config)
-    if not sources:
-        raise FlowprobeError("nothing to read: every -i is 'none' and no collector port is set",
-                             status=2)
-    exporters = []
-    for name in EXPORTER_MODULES:
-        exporters += importlib.import_module(name).from_args(args, config)
-    flow_exporters = [e for e in exporters if not getattr(e, "passive", False)]
-    if args.dump_format or (not flow_exporters and not args.collector):
-        names = DEFAULT_TEMPLATE
-        if config.mode == "flow_collection":      # where each collected flow came from
-            names += COLLECTOR_FIELDS
-        exporters.append(DumpExporter(sys.stdout, args.dump_format or "text", names))
-
-    if args.cpu_affinity:                     # a supervisor with Probe's interface
-        probe = workers.Supervisor(config, exporters, sources[0], cores, log=service.probe_log,
-                                   user=args.user, verbose=args.verbose)
+        from engine.sources.base import open_sources, plan_sources
+        sources = open_sources(plan_sources(opts.capture))
+        if opts.collector is not None:
+            sources.append(collector_source(opts))
+        if not sources:
+            raise FlowprobeError("nothing to read: every -i is 'none' and no collector port is "
+                                 "set", status=2)
+    try:
+        outputs = exporters(opts)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    if opts.cores:                        # a supervisor with Probe's interface
+        from engine.workers import Supervisor
+        probe = Supervisor(config, outputs, plan, list(opts.cores), log=service.probe_log,
+                           user=opts.service.user, verbose=opts.output.verbose)
     else:
-        probe = Probe(config, exporters, log=service.probe_log)
+        from engine.probe import Probe
+        probe = Probe(config, outputs, log=service.probe_log)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: probe.stop())
     # SIGHUP reopens logs; pid file; privileges dropped once the captures are open
     service.install_sighup(reopen_logs)
-    if args.pid_file:
-        service.write_pid_file(args.pid_file)
+    pid_file = opts.service.pid_file
+    if pid_file:
+        service.write_pid_file(pid_file)
     try:
-        if args.user:
-            service.drop_privileges(args.user)
+        if opts.service.user:
+            service.drop_privileges(opts.service.user)
         probe.run(sources)
         probe.log(probe.summary_line())
         for w in probe.warnings:
             print(f"flowprobe: error: {w}", file=sys.stderr)
     finally:
-        if args.pid_file:
-            service.remove_pid_file(args.pid_file)
+        if pid_file:
+            service.remove_pid_file(pid_file)
     return 1 if probe.warnings else 0
+
+
+def error_text(e: FlowprobeError) -> str:
+    """The error line: a library error about a setting gets the flag's name in front."""
+    if not e.setting:
+        return str(e)
+    flag = flag_of(e.setting)
+    return f"{flag} {e.value}: {e}" if e.value is not None else f"{flag}: {e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         status = run(sys.argv[1:] if argv is None else argv)
     except FlowprobeError as e:
-        print(f"flowprobe: error: {e}", file=sys.stderr)
+        print(f"flowprobe: error: {error_text(e)}", file=sys.stderr)
         status = e.status
     except BrokenPipeError:                # stdout closed early (| head): not an error
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -13,34 +13,11 @@ import os
 import time
 
 from engine.errors import FlowprobeError, os_error_message
+from engine.export.base import Exporter
+from engine.stats import Snapshot
 
 
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("health and metrics")
-    g.add_argument("--dump-stats", metavar="FILE",
-                   help="rewrite FILE with the statistics as JSON every few seconds (atomically)")
-    g.add_argument("--dump-stats-interval", type=float, default=5.0, metavar="SEC",
-                   help="seconds between --dump-stats rewrites (default 5)")
-    g.add_argument("--metrics", metavar="ADDR:PORT",
-                   help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9100 or :9100 "
-                        "(all addresses)")
-
-
-def parse_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "0.0.0.0"
-    try:
-        p = int(port)
-    except ValueError:
-        raise FlowprobeError(f"--metrics {text}: expected ADDR:PORT, e.g. 127.0.0.1:9100", status=2)
-    if not 0 <= p <= 65535:
-        raise FlowprobeError(f"--metrics {text}: port must be between 0 and 65535", status=2)
-    return host, p
-
-
-def _metrics(snap: dict):
+def _metrics(snap: Snapshot):
     """Prometheus metric families from one snapshot."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily   # loaded already
 
@@ -54,41 +31,41 @@ def _metrics(snap: dict):
         m.add_metric([], value)
         return m
 
-    yield counter("packets", "packets seen by the fast path", snap["packets"])
-    yield counter("bytes", "IP-layer bytes seen by the fast path", snap["bytes"])
-    yield counter("decoded_packets", "packets decoded and accounted to a flow", snap["decoded"])
-    yield counter("fragments", "IP fragments", snap["fragments"])
-    yield counter("flows", "flows created", snap["flows_created"])
-    yield gauge("active_flows", "flows in the flow table", snap["active_flows"])
+    yield counter("packets", "packets seen by the fast path", snap.packets)
+    yield counter("bytes", "IP-layer bytes seen by the fast path", snap.bytes)
+    yield counter("decoded_packets", "packets decoded and accounted to a flow", snap.decoded)
+    yield counter("fragments", "IP fragments", snap.fragments)
+    yield counter("flows", "flows created", snap.flows_created)
+    yield gauge("active_flows", "flows in the flow table", snap.active_flows)
     yield counter("exported_flows", "flow records delivered to the exporters",
-                  snap["exported_flows"])
+                  snap.exported_flows)
     yield counter("collected_records", "flow records collected (NetFlow/IPFIX/sFlow)",
-                  snap["collected_records"])
+                  snap.collected_records)
     m = CounterMetricFamily("flowprobe_exported_flows_by_reason",
                             "exported flows by expiry reason", labels=["reason"])
-    for reason, v in sorted(snap.get("exported_by_reason", {}).items()):
+    for reason, v in sorted(snap.exported_by_reason.items()):
         m.add_metric([str(reason)], v)
     yield m
     m = CounterMetricFamily("flowprobe_drops", "packets or messages not accounted, by stage "
                             "and reason", labels=["stage", "reason"])
-    for reason, v in sorted(snap["drops"].items()):
+    for reason, v in sorted(snap.drops.items()):
         m.add_metric(["decode", reason], v)
-    m.add_metric(["kernel", "kernel"], snap["kernel_drops"])
-    for k, v in sorted(snap.get("exporters", {}).items()):
+    m.add_metric(["kernel", "kernel"], snap.kernel_drops)
+    for k, v in sorted(snap.exporters.items()):
         if "drop" in k and isinstance(v, (int, float)):
             m.add_metric(["export", k], v)
     yield m
     m = GaugeMetricFamily("flowprobe_exporter", "exporter counters", labels=["name"])
-    for k, v in sorted(snap.get("exporters", {}).items()):
+    for k, v in sorted(snap.exporters.items()):
         if "drop" not in k and isinstance(v, (int, float)) and not isinstance(v, bool):
             m.add_metric([k], v)
     yield m
     yield counter("feature_pool_exhausted", "flows whose features lacked a histogram",
-                  snap.get("feature_pool_exhausted", 0))
-    yield gauge("packets_per_second", "packets/s over the last second", snap["pps"])
-    yield gauge("bits_per_second", "bits/s over the last second", snap["bps"])
-    yield gauge("uptime_seconds", "seconds since start", snap["uptime"])
-    workers = snap.get("workers") or []       # -g: one series per worker
+                  snap.feature_pool_exhausted)
+    yield gauge("packets_per_second", "packets/s over the last second", snap.pps)
+    yield gauge("bits_per_second", "bits/s over the last second", snap.bps)
+    yield gauge("uptime_seconds", "seconds since start", snap.uptime)
+    workers = snap.workers       # -g: one series per worker
     for name, key, doc, family in (
             ("worker_packets", "packets", "packets accounted by each worker", CounterMetricFamily),
             ("worker_drops", "drops", "packets each worker could not account", CounterMetricFamily),
@@ -104,8 +81,7 @@ def _metrics(snap: dict):
             yield m
     m = GaugeMetricFamily("flowprobe_info", "probe information",
                           labels=["version", "interface", "mode", "hostname"])
-    m.add_metric([str(snap.get("version", "")), str(snap.get("interface", "")),
-                  str(snap.get("mode", "")), str(snap.get("hostname", ""))], 1)
+    m.add_metric([snap.version, snap.interface, snap.mode, snap.hostname], 1)
     yield m
 
 
@@ -120,14 +96,14 @@ class _Collector:
         yield from _metrics(snap)
 
 
-class HealthExporter:
+class HealthExporter(Exporter):
     passive = True            # exports no flows: the default stdout dump still applies
 
     def __init__(self, dump_path: str | None = None, dump_interval: float = 5.0,
                  metrics_addr: tuple[str, int] | None = None):
         self.dump_path = dump_path
         self.dump_interval = max(0.1, dump_interval)
-        self.latest: dict | None = None
+        self.latest: Snapshot | None = None
         self._last_dump = 0.0
         self.dump_errors = 0
         self.server = None
@@ -151,11 +127,11 @@ class HealthExporter:
     def _empty() -> dict:
         return {"time": int(time.time()), "starting": True}
 
-    def _write(self, snap: dict) -> None:
+    def _write(self, snap) -> None:
         tmp = f"{self.dump_path}.tmp.{os.getpid()}"
         try:
             with open(tmp, "w") as f:
-                json.dump(snap, f, default=str)
+                json.dump(snap if isinstance(snap, dict) else snap.as_dict(), f, default=str)
                 f.write("\n")
             os.replace(tmp, self.dump_path)
         except OSError as e:
@@ -164,10 +140,7 @@ class HealthExporter:
             self.dump_errors += 1           # keep capturing; counted in the statistics
 
     # --- exporter interface -------------------------------------------------------------
-    def export(self, records) -> None:
-        pass
-
-    def tick(self, stats: dict) -> None:
+    def tick(self, stats: Snapshot) -> None:
         self.latest = stats
         if self.dump_path:
             now = time.monotonic()
@@ -185,10 +158,3 @@ class HealthExporter:
 
     def stats(self) -> dict:
         return {"stats_file_write_errors": self.dump_errors} if self.dump_errors else {}
-
-
-def from_args(args, config) -> list:
-    if not args.dump_stats and not args.metrics:
-        return []
-    addr = parse_addr(args.metrics) if args.metrics else None
-    return [HealthExporter(args.dump_stats, args.dump_stats_interval, addr)]

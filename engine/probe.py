@@ -8,24 +8,16 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
-from engine import __version__
 from engine._fastpath import FlowTable
-from engine.collect import merge_flow_collection, status_text
+from engine.stats import DropWarnings, Snapshot, empty_flow_collection, status_line, summary_line
 
 
-class Exporter(Protocol):
-    def export(self, records: np.ndarray) -> None: ...
-    def tick(self, stats: dict) -> None: ...      # about once a second, with Probe.snapshot()
-    def close(self) -> None: ...                  # deliver what is queued (bounded wait)
-    def stats(self) -> dict: ...                  # counters, drops included
-
-
-@dataclass
+@dataclass(frozen=True)
 class ProbeConfig:
     max_flows: int = 262144
     idle_timeout: float = 30.0
@@ -38,41 +30,138 @@ class ProbeConfig:
     shard_count: int = 1                 # of this many (1: every packet; live fanout workers)
 
 
-@dataclass
-class Probe:
-    config: ProbeConfig
-    exporters: list = field(default_factory=list)
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+def feed(table: FlowTable, buf, meta: np.ndarray, deliver: Callable[[np.ndarray], None]) -> None:
+    """One batch through the table; every flow it finishes goes to ``deliver``."""
+    n, i = len(meta), 0
+    while i < n:
+        i = table.process(buf, meta, i)
+        if table.pending:
+            deliver(table.take())
 
-    def __post_init__(self):
-        c = self.config
+
+def drain(table: FlowTable, deliver: Callable[[np.ndarray], None]) -> None:
+    """Every flow still in the table to ``deliver`` (end of input)."""
+    while True:
+        done = table.flush()
+        if table.pending:
+            deliver(table.take())
+        if done:
+            return
+
+
+def capture_records(path: str, **table_options) -> tuple[np.ndarray, dict]:
+    """Every flow of one capture file as one record array, and the table's statistics: the
+    fast path without a run loop (tests, benchmarks, notebooks). ``table_options`` are
+    FlowTable's (max_flows, idle_timeout, lifetime, features...)."""
+    from engine.fields import RECORD_DTYPE
+    from engine.sources.pcapfile import FileSource
+    table = FlowTable(**table_options)
+    out: list = []
+    with FileSource(path) as src:
+        for buf, meta in src.batches():
+            feed(table, buf, meta, out.append)
+    drain(table, out.append)
+    records = np.concatenate(out) if out else np.zeros(0, RECORD_DTYPE)
+    return records, table.stats()
+
+
+def merge_flow_collection(source_stats: list) -> dict:
+    """ntopng's ``flow_collection`` object from the stats() of every source (packet sources
+    have none)."""
+    out = empty_flow_collection()
+    for st in source_stats:
+        fc = st.get("flow_collection")
+        if not fc:
+            continue
+        out["nf_ipfix_flows"] += fc["nf_ipfix_flows"]
+        out["sflow_samples"] += fc["sflow_samples"]
+        out["collection_port"] = out["collection_port"] or fc["collection_port"]
+        out["exporters"].update(fc["exporters"])
+    return out
+
+
+class RunLoop:
+    """What one process (Probe) and the -g parent (engine.workers.Supervisor) share: every
+    finished flow to the exporters, and about once a second the statistics to the exporters,
+    the drop warnings and, with -b, the log. Subclasses provide snapshot() and run()."""
+
+    def __init__(self, config: ProbeConfig, exporters: list, log=None):
+        self.config = config
+        self.exporters = exporters
+        self.log: Callable[[str], None] = log or (lambda line: print(line, file=sys.stderr,
+                                                                      flush=True))
+        self.stop_requested = False
+        self.started = time.time()
+        self.exported_flows = 0
+        self.warnings: list[str] = []     # problems with the input, reported at the end
+        self._last_tick = self._last_print = time.monotonic()
+        self._last_counts = (0, 0)
+        self._rates = (0.0, 0.0)      # packets/s, bits/s over the last interval
+        # packets not accounted -> rate-limited warnings (one line with a count)
+        self._drop_warnings = DropWarnings(lambda line: self.log(line))
+
+    def snapshot(self) -> Snapshot:
+        raise NotImplementedError
+
+    def status_lines(self, snap: Snapshot) -> list[str]:
+        """What -b prints every second."""
+        return [status_line(snap)]
+
+    def deliver(self, records: np.ndarray) -> None:
+        self.exported_flows += len(records)
+        for e in self.exporters:
+            e.export(records)
+
+    def _elapsed(self, seconds: float) -> None:
+        """Called once a second before the snapshot is taken (per-worker rates)."""
+
+    def _maybe_tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick < 1.0:
+            return
+        elapsed = now - self._last_tick
+        self._last_tick = now
+        self._elapsed(elapsed)
+        snap = self.snapshot()
+        pk, by = self._last_counts
+        self._rates = ((snap.packets - pk) / elapsed, (snap.bytes - by) * 8 / elapsed)
+        self._last_counts = (snap.packets, snap.bytes)
+        snap = snap.replace(pps=self._rates[0], bps=self._rates[1])
+        for e in self.exporters:
+            e.tick(snap)
+        self._drop_warnings.update(snap)
+        if self.config.stats_interval and now - self._last_print >= self.config.stats_interval:
+            self._last_print = now
+            for line in self.status_lines(snap):
+                self.log(line)
+
+    def _final_tick(self) -> Snapshot:
+        """The last statistics reach the exporters and the warnings too."""
+        snap = self.snapshot()
+        for e in self.exporters:
+            e.tick(snap)
+        self._drop_warnings.update(snap, force=True)
+        return snap
+
+
+class Probe(RunLoop):
+    def __init__(self, config: ProbeConfig, exporters: Optional[list] = None, log=None):
+        super().__init__(config, exporters if exporters is not None else [], log)
+        c = config
         self.table = FlowTable(max_flows=c.max_flows, idle_timeout=c.idle_timeout,
                                lifetime=c.lifetime, features=c.features,
                                shard_index=c.shard_index, shard_count=c.shard_count)
         self.sources: list = []
-        self.stop_requested = False
-        self.started = time.time()
-        self.exported_flows = 0
         self.collected_records = 0
-        self._last_tick = time.monotonic()
-        self._last_print = time.monotonic()
-        self._last_counts = (0, 0)
-        self._rates = (0.0, 0.0)      # packets/s, bits/s over the last interval
-        self._finished_sources: list[dict] = []
+        self._finished: list[tuple] = []          # (source, its last stats())
         self._current = None
-        self._source_stats: list[dict] = []
-        self.warnings: list[str] = []     # problems with the input, reported at the end
-        # packets not accounted -> rate-limited warnings (one line with a count)
-        from engine.service import DropWarnings
-        self._drop_warnings = DropWarnings(lambda line: self.log(line))
 
     # --- running ------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to end after the current batch (signal handlers call this)."""
         self.stop_requested = True
         for s in self.sources:
-            if hasattr(s, "stop"):
-                s.stop()
+            s.stop()
 
     def run(self, sources: list) -> None:
         """Process every source in order, then flush the table and close the exporters."""
@@ -82,7 +171,7 @@ class Probe:
                 if self.stop_requested:
                     break
                 self._current = src
-                if getattr(src, "kind", "packets") == "records":
+                if src.kind == "records":
                     self._run_records(src)
                 else:
                     self._run_packets(src)
@@ -90,31 +179,22 @@ class Probe:
                 if st.get("truncated_file"):
                     self.warnings.append(f"{src.name!r}: the file ends inside a packet record "
                                          "(truncated capture); the packets before it were used")
-                self._finished_sources.append(st)
+                self._finished.append((src, st))
                 self._current = None
                 src.close()
             self._drain()
-            snap = self.snapshot()           # the final statistics reach the exporters too
-            for e in self.exporters:
-                e.tick(snap)
-            self._drop_warnings.update(snap, force=True)
+            self._final_tick()
         finally:
             for e in self.exporters:
                 e.close()
 
     def _run_packets(self, src) -> None:
-        table = self.table
         for buf, meta in src.batches():
-            n = len(meta)
-            if n == 0:
-                table.expire(time.time_ns())
-            i = 0
-            while i < n:
-                i = table.process(buf, meta, i)
-                if table.pending:
-                    self.deliver(table.take())
-            if table.pending:
-                self.deliver(table.take())
+            if len(meta) == 0:              # a quiet link: time passes without packets
+                self.table.expire(time.time_ns())
+            feed(self.table, buf, meta, self.deliver)
+            if self.table.pending:          # what expire() finished
+                self.deliver(self.table.take())
             self._maybe_tick()
             if self.stop_requested:
                 break
@@ -133,114 +213,49 @@ class Probe:
             self.deliver(rest)
 
     def _drain(self) -> None:
-        while True:
-            done = self.table.flush()
-            if self.table.pending:
-                self.deliver(self.table.take())
-            if done:
-                break
-
-    def deliver(self, records: np.ndarray) -> None:
-        self.exported_flows += len(records)
-        for e in self.exporters:
-            e.export(records)
-
-    def _maybe_tick(self) -> None:
-        now = time.monotonic()
-        if now - self._last_tick < 1.0:
-            return
-        elapsed = now - self._last_tick
-        self._last_tick = now
-        st = self.table.stats()
-        pk, by = self._last_counts
-        self._rates = ((st["packets"] - pk) / elapsed, (st["bytes"] - by) * 8 / elapsed)
-        self._last_counts = (st["packets"], st["bytes"])
-        snap = self.snapshot(st)
-        for e in self.exporters:
-            e.tick(snap)
-        self._drop_warnings.update(snap)
-        if self.config.stats_interval and now - self._last_print >= self.config.stats_interval:
-            self._last_print = now
-            self.log(self.status_line(snap))
+        drain(self.table, self.deliver)
 
     # --- statistics ---------------------------------------------------------------------
-    def snapshot(self, table_stats: Optional[dict] = None) -> dict:
-        """Everything counted so far, in one dict (the ZeroMQ `event` message is built from it)."""
-        st = table_stats or self.table.stats()
-        sources = list(self._finished_sources)
+    def _sources(self) -> list[tuple]:
+        """(source, stats) of every source so far, the current one included."""
+        out = list(self._finished)
         if self._current is not None:
-            sources.append(self._current.stats())
-        kernel_drops = sum(s.get("kernel_drops", 0) for s in sources)
+            out.append((self._current, self._current.stats()))
+        return out
+
+    def snapshot(self) -> Snapshot:
+        """Everything counted so far (the ZeroMQ `event` message is built from it)."""
+        st = self.table.stats()
+        sources = [s for _, s in self._sources()]
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0}
         for s in sources:
             for k, v in s.get("collector_drops", {}).items():
                 collector_drops[k] = collector_drops.get(k, 0) + v
-        self._source_stats = sources
         exporters = {}
         for e in self.exporters:
             exporters.update(e.stats())
-        return {
-            "time": int(time.time()),
-            "uptime": time.time() - self.started,
-            "packets": st["packets"],
-            "bytes": st["bytes"],
-            "decoded": st["decoded"],
-            "drops": st["drops"],
-            "kernel_drops": kernel_drops,
-            "fragments": st["fragments"],
-            "flows_created": st["flows_created"],
-            "active_flows": st["active_flows"],
-            "exported_flows": self.exported_flows,
-            "collected_records": self.collected_records,
-            "exported_by_reason": st["exported_by_reason"],
-            "feature_pool_exhausted": st["feature_pool_exhausted"],
-            "pps": self._rates[0],
-            "bps": self._rates[1],
-            "exporters": exporters,
-            "flow_collection": merge_flow_collection(sources),
-            "collector_drops": collector_drops,
-            "interface": self.config.interface_name,
-            "mode": self.config.mode,
-            "idle_timeout": self.config.idle_timeout,
-            "lifetime": self.config.lifetime,
-            "version": __version__,
-            "hostname": socket.gethostname(),
-        }
+        c = self.config
+        return Snapshot(
+            time=int(time.time()), uptime=time.time() - self.started,
+            packets=st["packets"], bytes=st["bytes"], decoded=st["decoded"], drops=st["drops"],
+            kernel_drops=sum(s.get("kernel_drops", 0) for s in sources),
+            kernel_received=sum(s.get("kernel_received", 0) for s in sources),
+            fragments=st["fragments"], flows_created=st["flows_created"],
+            active_flows=st["active_flows"], other_shard=st["other_shard"],
+            exported_flows=self.exported_flows, collected_records=self.collected_records,
+            exported_by_reason=st["exported_by_reason"],
+            feature_pool_exhausted=st["feature_pool_exhausted"],
+            pps=self._rates[0], bps=self._rates[1], exporters=exporters,
+            flow_collection=merge_flow_collection(sources), collector_drops=collector_drops,
+            interface=c.interface_name, mode=c.mode, idle_timeout=c.idle_timeout,
+            lifetime=c.lifetime, hostname=socket.gethostname())
 
-    def status_line(self, snap: dict) -> str:
-        return status_line(snap, self._collector_text())
+    def _sources_text(self) -> str:
+        texts = [src.describe(st) for src, st in self._sources()]
+        return "".join(f", {t}" for t in texts if t)
 
-    def _collector_text(self) -> str:
-        text = status_text(self._source_stats)
-        return f", {text}" if text else ""
+    def status_lines(self, snap: Snapshot) -> list[str]:
+        return [status_line(snap, self._sources_text())]
 
     def summary_line(self) -> str:
-        return summary_line(self.snapshot(), time.time() - self.started, self._collector_text())
-
-
-# --- the lines -b and the end of a run print (one process or -g workers alike) -----------------
-def drops_text(snap: dict) -> str:
-    """Every non-zero drop counter of a snapshot: decode reasons, kernel, exporters, lost flows."""
-    drops = {k: v for k, v in snap["drops"].items() if v}
-    if snap["kernel_drops"]:
-        drops["kernel"] = snap["kernel_drops"]
-    for k, v in snap["exporters"].items():
-        if "drop" in k and v:
-            drops[k] = v
-    if snap.get("lost_flows"):
-        drops["lost_flows"] = snap["lost_flows"]
-    return " ".join(f"{k}={v}" for k, v in drops.items()) or "none"
-
-
-def status_line(snap: dict, extra: str = "") -> str:
-    return (f"flowprobe: {snap['pps']:.0f} pkts/s {snap['bps'] / 1e6:.2f} Mbit/s, "
-            f"{snap['packets']} pkts, {snap['active_flows']} active flows, "
-            f"{snap['exported_flows']} exported, drops: {drops_text(snap)}{extra}")
-
-
-def summary_line(snap: dict, seconds: float, extra: str = "") -> str:
-    secs = max(seconds, 1e-9)
-    return (f"flowprobe: {snap['packets']} packets ({snap['bytes']} bytes on the wire) "
-            f"in {secs:.2f} s ({snap['packets'] / secs:.0f} pkts/s), "
-            f"{snap['flows_created']} flows, {snap['exported_flows']} flows exported, "
-            f"drops: {drops_text(snap)}{extra}")
+        return summary_line(self.snapshot(), time.time() - self.started, self._sources_text())

@@ -1,5 +1,4 @@
-"""Running unattended: logging (stderr, file, syslog/journald), SIGHUP, pid file, privilege drop,
-and rate-limited warnings."""
+"""Running unattended: logging (stderr, file, syslog/journald), SIGHUP, pid file, privilege drop."""
 from __future__ import annotations
 
 import io
@@ -9,25 +8,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Callable
 
 from engine.errors import FlowprobeError, os_error_message
 
 log = logging.getLogger("flowprobe")
-
-
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("running as a service")
-    g.add_argument("--syslog", action="store_true",
-                   help="log to syslog/journald (/dev/log) instead of stderr")
-    g.add_argument("--log-file", metavar="FILE",
-                   help="log to FILE instead of stderr (SIGHUP reopens it, for logrotate)")
-    g.add_argument("-v", "--verbose-log", action="count", default=0,
-                   help="more log detail (-v: debug); warnings and the summary are always logged")
-    g.add_argument("--pid-file", metavar="FILE", help="write the process id to FILE")
-    g.add_argument("--user", metavar="USER",
-                   help="drop privileges to USER once the captures are open (started as root)")
 
 
 # --- logging --------------------------------------------------------------------------------
@@ -70,14 +55,15 @@ def level_of(line: str) -> int:
     return logging.INFO
 
 
-def setup_logging(args) -> Callable[[], None]:
-    """Install the handlers the flags ask for; returns the function SIGHUP calls (reopen)."""
+def setup_logging(opts) -> Callable[[], None]:
+    """Install the handlers ``opts`` (engine.options.ServiceOptions) asks for; returns the
+    function SIGHUP calls (reopen)."""
     for h in list(log.handlers):
         log.removeHandler(h)
     log.propagate = False
-    log.setLevel(logging.DEBUG if args.verbose_log else logging.INFO)
+    log.setLevel(logging.DEBUG if opts.verbose_log else logging.INFO)
     handlers: list[logging.Handler] = []
-    if args.syslog:
+    if opts.syslog:
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         try:
             h = logging.handlers.SysLogHandler(address=address,
@@ -86,11 +72,11 @@ def setup_logging(args) -> Callable[[], None]:
             raise FlowprobeError(os_error_message("connect to syslog (/dev/log)", e))
         h.setFormatter(_SyslogFormatter())
         handlers.append(h)
-    if args.log_file:
+    if opts.log_file:
         try:
-            h = logging.FileHandler(args.log_file, encoding="utf-8")
+            h = logging.FileHandler(opts.log_file, encoding="utf-8")
         except OSError as e:
-            raise FlowprobeError(os_error_message(f"open log file {args.log_file}", e))
+            raise FlowprobeError(os_error_message(f"open log file {opts.log_file}", e))
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         handlers.append(h)
     stderr = logging.StreamHandler(sys.stderr)
@@ -171,62 +157,3 @@ def drop_privileges(user: str) -> None:
     if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid:
         raise FlowprobeError(f"--user {user}: could not drop privileges")
     log.debug("flowprobe: running as user %s (uid %d, gid %d)", pw.pw_name, pw.pw_uid, pw.pw_gid)
-
-
-# --- rate-limited warnings ------------------------------------------------------------------
-class DropWarnings:
-    """A warning when a drop counter of the statistics grows: one line per reason at once,
-    then at most one a window with the count (never one per packet)."""
-
-    def __init__(self, emit: Callable[[str], None]):
-        self.limiter = RateLimitedWarnings(emit)
-        self.seen: dict[str, int] = {}
-
-    def update(self, snap: dict, force: bool = False) -> None:
-        drops = dict(snap["drops"])
-        drops["kernel"] = snap["kernel_drops"]
-        for reason, total in drops.items():
-            new = total - self.seen.get(reason, 0)
-            if new > 0:
-                self.seen[reason] = total
-                self.limiter.warn(reason, "flowprobe: warning: {count}{more} packets not "
-                                  f"accounted ({reason}){{period}}", new)
-        self.limiter.flush(force=force)
-
-
-class RateLimitedWarnings:
-    """The first warning of a kind is logged at once; more of the same kind within `window`
-    seconds are only counted, and one line with the total follows when the window ends (or at
-    exit, `flush(force=True)`)."""
-
-    def __init__(self, emit: Callable[[str], None], window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.emit, self.window, self.clock = emit, window, clock
-        self._open: dict[str, list] = {}     # key -> [window start, suppressed count, total, fmt]
-
-    def warn(self, key: str, fmt: str, count: int = 1) -> None:
-        """fmt has '{count}' (how many of the thing happened) and '{more}' ('' or ' more')."""
-        now = self.clock()
-        self.flush()
-        st = self._open.get(key)
-        if st is None:
-            self._open[key] = [now, 0, 0, fmt]
-            self.emit(fmt.format(count=count, more="", period=""))
-        else:
-            st[1] += 1
-            st[2] += count
-            st[3] = fmt
-
-    def flush(self, force: bool = False) -> None:
-        now = self.clock()
-        for key, st in list(self._open.items()):
-            start, repeats, total, fmt = st
-            if not force and now - start < self.window:
-                continue
-            if repeats:
-                self.emit(fmt.format(count=total, more=" more",
-                                     period=f" in the last {now - start:.0f} s") +
-                          f" ({repeats} repeated warnings suppressed)")
-                self._open[key] = [now, 0, 0, fmt]
-            else:
-                del self._open[key]

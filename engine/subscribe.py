@@ -15,7 +15,6 @@ by numeric id (or string label), JSON to Python objects, msgpack (flowprobe's sc
 from __future__ import annotations
 
 import json
-import struct
 import time
 import zlib
 from dataclasses import dataclass
@@ -24,34 +23,7 @@ from typing import Any, Iterator, Optional
 import zmq
 
 from engine.export._encode import decode_tlv
-
-TOPICS = (b"flow", b"event", b"counter", b"template", b"option", b"hello", b"listening-ports",
-          b"snmp-ifaces", b"message")
-MAX_PAYLOAD = 131072
-
-
-class DecodeError(ValueError):
-    pass
-
-
-@dataclass
-class Header:
-    topic: str
-    length: int            # header frame length: 24, 28, 36 or 40
-    version: int
-    flags: int
-    uncompressed_size: int  # offset 20 (BE) of a 36-byte header
-    size24: int            # offset 24 (LE) of a 36-byte header
-    msg_id: int
-    source_id: int
-
-    @property
-    def tlv(self) -> bool:
-        return self.length == 36 and self.version == 4 and bool(self.flags & 0x02)
-
-    @property
-    def compressed(self) -> bool:
-        return self.length == 36 and self.version == 4 and bool(self.flags & 0x04)
+from engine.ntopng import MAX_PAYLOAD, TOPICS, DecodeError, Header, parse_header, split_endpoint
 
 
 @dataclass
@@ -61,37 +33,6 @@ class Message:
     payload: Any           # flows: list of dicts; event: dict; ...
     raw_size: int          # payload frame length as received
     format: str            # "tlv", "json", "msgpack"
-
-
-def parse_header(frame: bytes) -> Header:
-    n = len(frame)
-    if n == 36:
-        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
-        version, flags = frame[16], frame[17]
-        usize = struct.unpack_from(">I", frame, 20)[0]
-        size24 = struct.unpack_from("<I", frame, 24)[0]
-        msg_id = struct.unpack_from(">I", frame, 28)[0]
-        source_id = struct.unpack_from("<I", frame, 32)[0]
-        if version != 4:
-            msg_id = source_id = 0
-            flags = 0
-        return Header(topic, n, version, flags, usize, size24, msg_id, source_id)
-    if n == 24:
-        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
-        version = frame[16]
-        msg_id = struct.unpack_from("<I" if version == 1 else ">I", frame, 20)[0]
-        return Header(topic, n, version, 0, 0, 0, msg_id, 0 if version == 1 else frame[17])
-    if n == 28:
-        topic = frame[:16].split(b"\0", 1)[0].decode(errors="replace")
-        version = frame[16]
-        msg_id = struct.unpack_from("<I" if version == 1 else ">I", frame, 20)[0]
-        sid = 0 if version == 1 else struct.unpack_from("<I", frame, 24)[0]
-        return Header(topic, n, version, 0, 0, 0, msg_id, sid)
-    if n == 40:
-        topic = frame[:32].split(b"\0", 1)[0].decode(errors="replace")
-        version = struct.unpack_from("<I", frame, 32)[0]
-        return Header(topic, n, version, 0, 0, 0, 0, 0)
-    raise DecodeError(f"unsupported header length {n}")
 
 
 def decode_payload(header: Header, payload: bytes) -> tuple[Any, str]:
@@ -149,13 +90,6 @@ def names(flow: dict) -> dict:
     return out
 
 
-def generate_keypair() -> tuple[str, str]:
-    """(public, secret) Z85 CURVE keys: give the secret to the subscriber (our ntopng side) and the
-    public key to flowprobe --zmq-encryption-key."""
-    pub, sec = zmq.curve_keypair()
-    return pub.decode(), sec.decode()
-
-
 class Subscriber:
     def __init__(self, endpoints, bind: bool = False, secret_key: Optional[str] = None,
                  topics=TOPICS, rcvhwm: int = 0, rcvbuf: int = 8388608, ctx=None):
@@ -166,9 +100,8 @@ class Subscriber:
         self.sockets = []
         self.poller = zmq.Poller()
         for ep in endpoints:
-            do_bind = bind
-            if ep.endswith("c") and ep.rsplit(":", 1)[-1][:-1].isdigit():
-                ep, do_bind = ep[:-1], True
+            ep, c_suffix = split_endpoint(ep)
+            do_bind = bind or c_suffix
             s = self.ctx.socket(zmq.SUB)
             s.setsockopt(zmq.LINGER, 0)
             if rcvbuf:

@@ -158,7 +158,7 @@ def test_sigterm_mid_run_exports_every_flow_and_exits_0(tmp_path, big_pcap):
 
 # --- rate-limited warnings ------------------------------------------------------------------
 def test_rate_limited_warnings_one_line_with_a_count():
-    from engine.service import RateLimitedWarnings
+    from engine.stats import RateLimitedWarnings
     now = [0.0]
     lines = []
     rl = RateLimitedWarnings(lines.append, window=10.0, clock=lambda: now[0])

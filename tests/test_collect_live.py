@@ -21,7 +21,7 @@ import time
 import pytest
 
 from conftest import PCAPS, ROOT
-from engine.collect import udp_socket_rows
+from engine.collect.receive import udp_socket_rows
 
 SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
 PMACCTD = shutil.which("pmacctd") or "/usr/sbin/pmacctd"

@@ -219,7 +219,7 @@ def test_ipfix_varlen_enterprise_reverse_and_withdrawal():
 
 
 def test_bad_packets_are_dumped(tmp_path):
-    from engine.collect import BadPacketWriter
+    from engine.collect.badpackets import BadPacketWriter
     w = BadPacketWriter(str(tmp_path / "bad.pcap"))
     col = Collector(bad_dump=w)
     col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.1", 1.0),

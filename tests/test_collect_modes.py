@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine.collect import CollectorSource, parse_port
+from engine.arguments import parse_port
+from engine.collect import CollectorSource
 from engine.collect.cache import FlowCache
 from engine.collect.collector import Collector
 from engine.errors import FlowprobeError
@@ -166,7 +167,8 @@ def test_drain_returns_the_cache_once():
 
 
 def test_merge_and_status_text():
-    from engine.collect import merge_flow_collection, status_text
+    from engine.probe import merge_flow_collection
+    from engine.sources.base import Source
     src = source("passthrough")
     try:
         src.process(udp_payloads(EXPORTS / "softflowd-netflow-v5.pcap"))
@@ -175,7 +177,8 @@ def test_merge_and_status_text():
         src.close()
     m = merge_flow_collection([{"packets": 1}, st])
     assert m["nf_ipfix_flows"] == 590 and "127.0.0.1" in m["exporters"]
-    assert status_text([st]).startswith("collector: 20 datagrams, 590 records from 1 exporters")
-    assert status_text([{"packets": 1}]) == ""
+    assert CollectorSource.describe(st).startswith("collector: 20 datagrams, 590 records from 1 "
+                                                   "exporters")
+    assert Source("a.pcap").describe({"packets": 1}) == ""
     assert st["collector_drops"] == {"flow_collection_drops": 0,
                                      "flow_collection_udp_socket_drops": 0}

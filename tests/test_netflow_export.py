@@ -308,7 +308,7 @@ def test_none_still_means_no_export():
 
 # --- flowrelay -------------------------------------------------------------------------------
 def test_relay_classifies_our_exports_and_rejects_garbage():
-    from engine.relay import classify
+    from engine.apps.flowrelay import classify
     want = {5: "netflow5", 9: "netflow9", 10: "ipfix"}
     for version in VERSIONS:
         rx = Receiver()
@@ -327,7 +327,7 @@ def test_relay_classifies_our_exports_and_rejects_garbage():
 
 
 def relay_proc(*args):
-    p = subprocess.Popen([sys.executable, "-m", "engine.relay", *args], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "engine.apps.flowrelay", *args], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = ""
     while "listening" not in line:
@@ -362,7 +362,7 @@ def test_relay_end_to_end_curve_allow_queue_reconnect():
         pytest.skip("libzmq without CURVE")
     public, secret = (k.decode() for k in zmq.curve_keypair())
     udp, zport = free_udp_port(), free_udp_port()
-    p = relay_proc("-c", f"127.0.0.1:{udp}", "-z", f"tcp://127.0.0.1:{zport}c", "-k", secret,
+    p = relay_proc("-c", f"127.0.0.1:{udp}", "-z", f"tcp://127.0.0.1:{zport}c", f"--key={secret}",
                    "--allow", "127.0.0.1/32", "--queue", "5", "-v", "--stats-interval", "60")
     try:
         url = f"tcp://127.0.0.1:{zport}"

@@ -43,7 +43,7 @@ class Relay:
         self.udp, self.zport = free_port(), free_port()
         self.err = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.relay", "-c", f"127.0.0.1:{self.udp}",
+            [sys.executable, "-m", "engine.apps.flowrelay", "-c", f"127.0.0.1:{self.udp}",
              "-z", f"tcp://127.0.0.1:{self.zport}c", *args],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err, text=True)
         wait_bound(self.udp, self.proc)
@@ -113,7 +113,7 @@ def wait_quiet(counter, settle=0.5, timeout=15.0):
                                              ("synscan.pcap", "5")])
 def test_softflowd_through_relay_matches_direct_udp(capture, version, pcaps_dir):
     public, secret = keypair()
-    relay = Relay("-k", secret, "--allow", "127.0.0.1/32", "-v", "--stats-interval", "0.2")
+    relay = Relay(f"--key={secret}", "--allow", "127.0.0.1/32", "-v", "--stats-interval", "0.2")
     direct_port = free_port()
     via_relay = Probe(relay.url, "--collector-encryption-key", public)
     direct = Probe(f"127.0.0.1:{direct_port}")
@@ -181,7 +181,7 @@ def flow_ids(flows) -> list[int]:
 @needs_curve
 def test_probe_reconnects_and_gets_what_the_relay_queued():
     public, secret = keypair()
-    relay = Relay("-k", secret, "--queue", "300", "-v", "--stats-interval", "0.2")
+    relay = Relay(f"--key={secret}", "--queue", "300", "-v", "--stats-interval", "0.2")
     try:
         a = Probe(relay.url, "--collector-encryption-key", public)
         time.sleep(1.0)
@@ -207,7 +207,7 @@ def test_probe_reconnects_and_gets_what_the_relay_queued():
 # --- bad frames and keys ----------------------------------------------------------------------
 def test_bad_frames_counted_not_raised():
     from engine.collect import CollectorSource
-    from engine.collect.relay import parse_sender
+    from engine.collect.from_relay import parse_sender
     assert parse_sender(b"192.0.2.1:2055") == "192.0.2.1"
     assert parse_sender(b"[2001:db8::1]:4739") == "2001:db8::1"
     assert parse_sender(b"[fe80::1%eth0]:4739") == "fe80::1"
@@ -261,14 +261,15 @@ def test_bad_relay_options_one_line(args, needle):
 def test_hex_key_and_wrong_key():
     """A hex public key works as Z85 does; a wrong key delivers nothing and is counted."""
     from zmq.utils import z85
-    from engine.collect import CollectorSource, relay_key
+    from engine.arguments import curve_key
+    from engine.collect import CollectorSource
     public, secret = keypair()
-    relay = Relay("-k", secret, "-v", "--stats-interval", "0.2")
+    relay = Relay(f"--key={secret}", "-v", "--stats-interval", "0.2")
     srcs = []
     try:
         hexkey = z85.decode(public.encode()).hex()
         good = CollectorSource([], mode="passthrough", relays=[relay.url],
-                               relay_key=relay_key(hexkey))
+                               relay_key=curve_key("--collector-encryption-key", hexkey))
         wrong = CollectorSource([], mode="passthrough", relays=[relay.url],
                                 relay_key=zmq.curve_keypair()[0])
         srcs = [good, wrong]

@@ -93,7 +93,7 @@ class Running:
 # --- files ---------------------------------------------------------------------------------------
 def test_parse_cores():
     from engine.errors import FlowprobeError
-    from engine.workers import parse_cores
+    from engine.arguments import parse_cores
     c = min(os.sched_getaffinity(0))
     assert parse_cores(f"{c}") == [c]
     assert parse_cores(f"{c},{c}") == [c, c]

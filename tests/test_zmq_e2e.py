@@ -282,7 +282,7 @@ def test_bad_flags(args, needle):
 def test_listen_command(tmp_path):
     path = pcap("443-curl.pcap")
     port = free_port()
-    lst = subprocess.Popen([sys.executable, "-m", "engine.listen", f"tcp://127.0.0.1:{port}",
+    lst = subprocess.Popen([sys.executable, "-m", "engine.apps.listen", f"tcp://127.0.0.1:{port}",
                             "--idle", "3"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
                         f"tcp://127.0.0.1:{port}", "--zmq-wait-subscriber", "5"], cwd=ROOT,
@@ -292,7 +292,7 @@ def test_listen_command(tmp_path):
     flows = [r["flow"] for r in rows if r["topic"] == "flow"]
     assert flows and flows[0]["IPV4_SRC_ADDR"] == "192.168.1.13"
     assert any(r["topic"] == "event" for r in rows)
-    kp = subprocess.run([sys.executable, "-m", "engine.listen", "--gen-keypair"], cwd=ROOT,
+    kp = subprocess.run([sys.executable, "-m", "engine.apps.listen", "--gen-keypair"], cwd=ROOT,
                         capture_output=True, text=True, check=True)
     keys = json.loads(kp.stdout)
     assert len(keys["public"]) == 40 and len(keys["public_hex"]) == 80

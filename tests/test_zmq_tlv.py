@@ -9,7 +9,8 @@ import pytest
 
 from engine.export import tlv
 from engine.export.templates import NTOPNG_FIELDS, TemplateError, parse_template
-from engine.export.zmq import FlowEncoder, header, parse_curve_key
+from engine.export.zmq import FlowEncoder
+from engine.ntopng import header, parse_curve_key
 from engine.fields import DEFAULT_TEMPLATE, records_to_dicts
 
 from conftest import PCAPS, corpus_files

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from engine.fields import RECORD_DTYPE
+from engine.options import CollectorMode
 from engine.collect.template import Template, convert
 
 MAX_EXPORTERS = 4096
@@ -25,7 +26,6 @@ PENDING_AGE = 10.0               # seconds a held data set waits for its templat
 MAX_TEMPLATES_TOTAL = 65536      # all exporters together
 MAX_PENDING_TOTAL = 4096         # held data sets, all exporters together
 
-MODES = ("cache", "nocache", "passthrough")
 _PARSERS = None
 
 
@@ -80,13 +80,11 @@ class Domain:
 
 
 class Collector:
-    def __init__(self, mode: str = "passthrough", upscale: bool = True, bad_dump=None,
+    def __init__(self, mode=CollectorMode.PASSTHROUGH, upscale: bool = True, bad_dump=None,
                  max_exporters: int = MAX_EXPORTERS,
                  max_templates: int = MAX_TEMPLATES_PER_DOMAIN,
                  max_pending: int = MAX_PENDING_SETS, pending_age: float = PENDING_AGE):
-        if mode not in MODES:
-            raise ValueError(mode)
-        self.mode = mode
+        self.mode = CollectorMode(mode)
         self.upscale = upscale
         self.bad_dump = bad_dump            # BadPacketWriter or None
         self.max_exporters = max_exporters
@@ -153,7 +151,7 @@ class Collector:
                     sflow.parse_sflow(self, exp, data, t)
                 else:
                     self.bad_datagram(exp, "unknown_version", data)
-            except (struct.error, IndexError, ValueError, OverflowError) as e:
+            except (struct.error, IndexError, ValueError, OverflowError):
                 self.bad_datagram(exp, "malformed", data)
         if now - self._last_purge > 1.0:
             self._last_purge = now
@@ -260,7 +258,7 @@ class Collector:
             self._samples = []
             if len(recs):
                 parts.append(recs)
-        normalize = self.mode != "passthrough"
+        normalize = self.mode is not CollectorMode.PASSTHROUGH
         for tmpl, chunks, metas, counts in self._groups.values():
             arr = np.frombuffer(b"".join(chunks), tmpl.dtype)
             if len(metas) == 1:

@@ -7,9 +7,10 @@ from typing import TextIO
 
 import numpy as np
 
+from engine.export.base import Exporter
 from engine.fields import BY_NAME, DEFAULT_TEMPLATE, RECORD_DTYPE, records_to_dicts
+from engine.options import DumpFormat
 
-FORMATS = ("text", "json", "csv")
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP", 47: "GRE", 50: "ESP",
                2: "IGMP", 89: "OSPF", 103: "PIM"}
 
@@ -22,19 +23,17 @@ def _endpoint(d: dict, side: str) -> str:
     return f"{addr}:{port}"
 
 
-class DumpExporter:
+class DumpExporter(Exporter):
     """Writes every finished flow to ``stream``: one line each (json: keys are the registry's
     field names; csv: a header row first; text: a readable one-line summary)."""
 
-    def __init__(self, stream: TextIO, fmt: str = "text", names=DEFAULT_TEMPLATE):
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown dump format {fmt!r}")
+    def __init__(self, stream: TextIO, fmt=DumpFormat.TEXT, names=DEFAULT_TEMPLATE):
         self.stream = stream
-        self.fmt = fmt
+        self.fmt = fmt = DumpFormat(fmt)
         self.names = tuple(names)
         self.flows = 0
         self._csv_header = False
-        if fmt == "json":                      # the C encoder, keys are the field names
+        if fmt is DumpFormat.JSON:               # the C encoder, keys are the field names
             from engine.export._encode import Encoder
             fields = [BY_NAME[n] for n in self.names]
             self._json = Encoder(fields, RECORD_DTYPE, [f.name for f in fields],
@@ -44,11 +43,11 @@ class DumpExporter:
         if len(records) == 0:
             return
         self.flows += len(records)
-        if self.fmt == "json":
+        if self.fmt is DumpFormat.JSON:
             self.stream.write(b"\n".join(self._json.json(records)).decode() + "\n")
             return
         rows = records_to_dicts(records, self.names)
-        if self.fmt == "csv":
+        if self.fmt is DumpFormat.CSV:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=self.names, extrasaction="ignore")
             if not self._csv_header:
@@ -78,7 +77,7 @@ class DumpExporter:
             line += f" tunnel={d['TUNNEL_TYPE']}"
         return line
 
-    def tick(self, stats: dict) -> None:
+    def tick(self, stats) -> None:
         self.stream.flush()
 
     def close(self) -> None:

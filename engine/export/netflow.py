@@ -1,7 +1,7 @@
 """Flows to NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) collectors over UDP (``-n``).
 
-* Destinations: ``-n HOST:PORT`` (repeatable, ``[v6addr]:PORT`` for IPv6); datagrams go round
-  robin across them, or every datagram to every one with ``-a``. Each destination has its own
+* Destinations: (text, socket address, family) tuples (``-n HOST:PORT``, repeatable); datagrams
+  go round robin across them, or every datagram to every one (``all_destinations``, ``-a``). Each destination has its own
   sequence numbers and template state, so each collector sees one consistent stream.
 * ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX); ntop's elements go as
   57472+n in v9 and under PEN 35632 in IPFIX. Fields with no NetFlow id or length 0 in the
@@ -40,7 +40,8 @@ from typing import Optional
 import numpy as np
 
 from engine.errors import FlowprobeError
-from engine.export.templates import TemplateError, parse_template
+from engine.export.base import Exporter
+from engine.export.templates import parse_template
 from engine.fields import BY_NAME, Field, Kind
 
 VERSIONS = (5, 9, 10)
@@ -155,7 +156,7 @@ class Destination:
     sock: Optional[socket.socket] = None
 
 
-class NetFlowExporter:
+class NetFlowExporter(Exporter):
     def __init__(self, destinations: list[tuple[str, tuple, int]], *, version: int = 10,
                  template=None, template_id: int = 257, engine_type: int = 0, engine_id: int = 0,
                  mtu: int = 1500, all_destinations: bool = False, template_refresh: float = 60.0,
@@ -190,8 +191,8 @@ class NetFlowExporter:
             wf = wire_fields(tmpl, version, self.warn, skipped)
             self.counters["netflow_fields_not_carried"] = len(skipped)
             if not wf:
-                raise FlowprobeError("-T: none of the fields can be exported over NetFlow/IPFIX",
-                                     status=2)
+                raise FlowprobeError("none of the fields can be exported over NetFlow/IPFIX",
+                                     status=2, setting="template")
             v4 = [w for w in wf if w.field.kind is not Kind.IPV6]
             v6 = [w for w in wf if w.field.kind is not Kind.IPV4]
             if [w.field.name for w in v4] == [w.field.name for w in v6]:
@@ -211,8 +212,9 @@ class NetFlowExporter:
             for t in self.templates:
                 if head + 2 * SET_HEADER.size + len(self._template_set()) > limit \
                         or head + SET_HEADER.size + t.dtype.itemsize + 3 > limit:
-                    raise FlowprobeError(f"--mtu {mtu}: too small for the -T template "
-                                         f"({t.dtype.itemsize} bytes a flow)", status=2)
+                    raise FlowprobeError(f"too small for the template ({t.dtype.itemsize} "
+                                         "bytes a flow)", status=2, setting="netflow.mtu",
+                                         value=mtu)
 
     # --- clock ----------------------------------------------------------------------------
     def _advance_clock(self, records: np.ndarray) -> None:
@@ -341,7 +343,7 @@ class NetFlowExporter:
         need_t = [d for d in dests if d.templates_sent < 0 or now - d.templates_sent >= self.refresh]
         tset = self._template_set() if need_t else b""
         room = limit - header_len - len(tset)
-        sets, nrec, nsets = [], 0, 0
+        sets, nrec = [], 0
         for t in self.templates:
             rows = self._pending[t.tid]
             size = t.dtype.itemsize
@@ -413,95 +415,3 @@ class NetFlowExporter:
 
     def stats(self) -> dict:
         return dict(self.counters)
-
-
-# --- command line ------------------------------------------------------------------------------
-def _has(parser, flag: str) -> bool:
-    return flag in parser._option_string_actions
-
-
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("NetFlow/IPFIX export (-n HOST:PORT)")
-    g.add_argument("-V", "--flow-version", type=int, default=10, metavar="5|9|10",
-                   help="NetFlow v5, v9 or IPFIX (10, the default) for -n HOST:PORT")
-    g.add_argument("-a", "--all-collectors", action="store_true",
-                   help="send every datagram to every -n collector (default: round robin)")
-    g.add_argument("-U", "--flow-templ-id", type=int, default=257, metavar="ID",
-                   help="first template id (default 257; IPv6 flows use ID+1)")
-    g.add_argument("--mtu", type=int, default=1500, metavar="BYTES",
-                   help="largest export datagram, IP and UDP headers included (default 1500)")
-    g.add_argument("--template-refresh", type=float, default=60.0, metavar="SEC",
-                   help="resend v9/IPFIX templates every SEC seconds (default 60)")
-    if not _has(parser, "-T"):
-        g.add_argument("-T", "--flow-templ", metavar="TEMPLATE",
-                       help="exported fields: %%NAME items and @NTOPNG@ (default @NTOPNG@)")
-    if not _has(parser, "-E"):
-        g.add_argument("-E", "--observation-point", metavar="TYPE:ID",
-                       help="v5 engine type:id; v9 source id / IPFIX observation domain = ID")
-
-
-def parse_destination(text: str) -> tuple[str, tuple, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise FlowprobeError(f"-n {text}: expected HOST:PORT (or none)", status=2)
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        p = int(port)
-    except ValueError:
-        p = -1
-    if not 1 <= p <= 65535:
-        raise FlowprobeError(f"-n {text}: port must be 1..65535", status=2)
-    try:
-        info = socket.getaddrinfo(host, p, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise FlowprobeError(f"-n {text}: cannot resolve {host!r} ({e.strerror})",
-                             status=2) from None
-    fam, _, _, _, addr = info[0]
-    return text, addr, fam
-
-
-def parse_engine(text: Optional[str]) -> tuple[int, int]:
-    if not text:
-        return 0, 0
-    parts = text.split(":")
-    try:
-        if len(parts) == 1:
-            etype, eid = 0, int(parts[0], 0)
-        elif len(parts) == 2:
-            etype, eid = int(parts[0], 0), int(parts[1], 0)
-        else:
-            raise ValueError
-    except ValueError:
-        raise FlowprobeError(f"-E {text!r}: expected TYPE:ID", status=2) from None
-    if not (0 <= etype <= 255 and 0 <= eid <= 0xFFFFFFFF):
-        raise FlowprobeError(f"-E {text!r}: TYPE must be 0..255 and ID 0..4294967295", status=2)
-    return etype, eid
-
-
-def from_args(args, config) -> list:
-    targets = [n for n in getattr(args, "collector", []) if n != "none"]
-    if not targets:
-        return []
-    if args.flow_version not in VERSIONS:
-        raise FlowprobeError(f"-V {args.flow_version}: expected 5, 9 or 10 (IPFIX)", status=2)
-    if not 1 <= args.flow_templ_id <= 65534 or (args.flow_version != 5
-                                                and args.flow_templ_id < 256):
-        raise FlowprobeError(f"-U {args.flow_templ_id}: template ids are 256..65534", status=2)
-    if not 576 <= args.mtu <= 65535:
-        raise FlowprobeError(f"--mtu {args.mtu}: expected 576..65535", status=2)
-    if args.template_refresh <= 0:
-        raise FlowprobeError("--template-refresh must be > 0", status=2)
-    dests = [parse_destination(t) for t in targets]
-    etype, eid = parse_engine(getattr(args, "observation_point", None))
-    if args.flow_version == 5 and eid > 255:
-        raise FlowprobeError(f"-E: NetFlow v5 engine id must be 0..255, not {eid}", status=2)
-    template = None
-    if args.flow_version != 5:
-        try:
-            template = parse_template(getattr(args, "flow_templ", None))
-        except (TemplateError, ValueError) as e:
-            raise FlowprobeError(f"-T: {e}", status=2) from None
-    return [NetFlowExporter(dests, version=args.flow_version, template=template,
-                            template_id=args.flow_templ_id, engine_type=etype, engine_id=eid,
-                            mtu=args.mtu, all_destinations=args.all_collectors,
-                            template_refresh=args.template_refresh)]

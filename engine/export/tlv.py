@@ -14,7 +14,7 @@ cost is a few list operations per field, not a Python call per item.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 

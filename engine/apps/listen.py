@@ -18,7 +18,7 @@ from engine import __version__
 
 
 def _gen_keypair() -> int:
-    from engine.subscribe import generate_keypair
+    from engine.ntopng import generate_keypair
     pub, sec = generate_keypair()
     print(json.dumps({"public": pub, "public_hex": pub.encode().hex().upper(), "secret": sec}))
     print(f"# flowprobe --zmq-encryption-key {pub}   (or the hex form)", file=sys.stderr)
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return _gen_keypair()
     if not args.endpoints:
         ap.error("give at least one ENDPOINT")
-    from engine.subscribe import DecodeError, Subscriber, flows_of, names
+    from engine.ntopng import DecodeError
+    from engine.subscribe import Subscriber, flows_of, names
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     nflows = 0
     out = sys.stdout

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import ipaddress
-import os
 import signal
 import socket
 import struct
@@ -33,6 +32,7 @@ import time
 from typing import Optional
 
 from engine.errors import FlowprobeError
+from engine.ntopng import parse_curve_secret, split_endpoint
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -72,28 +72,6 @@ def classify(data: bytes) -> Optional[str]:
     return None
 
 
-# --- keys --------------------------------------------------------------------------------------
-def parse_secret(text: str) -> bytes:
-    """A CURVE secret key as Z85 bytes, from Z85 text, 64 hex digits, or a file holding either."""
-    from zmq.utils import z85
-    t = text.strip()
-    if os.path.isfile(t):
-        with open(t) as f:
-            t = f.read().strip()
-    if len(t) == 64 and all(c in "0123456789abcdefABCDEF" for c in t):
-        return z85.encode(bytes.fromhex(t))
-    if len(t) != 40:
-        raise FlowprobeError("-k: a CURVE secret key is 40 Z85 characters or 64 hex digits",
-                             status=2)
-    try:
-        raw = z85.decode(t.encode("ascii"))
-    except Exception:
-        raw = b""
-    if len(raw) != 32:
-        raise FlowprobeError("-k: not valid Z85 text", status=2)
-    return t.encode("ascii")
-
-
 # --- the relay -------------------------------------------------------------------------------
 class Relay:
     def __init__(self, listen: tuple[str, int], endpoint: str, secret: Optional[bytes] = None,
@@ -120,10 +98,7 @@ class Relay:
             self.sock.curve_server = True
             self.sock.curve_secretkey = secret
             self.public_key = zmq.curve_public(secret).decode()
-        url = endpoint
-        bind = url.endswith("c") and url[-2:-1].isdigit()      # ntopng's "tcp://*:5556c"
-        if bind:
-            url = url[:-1]
+        url, bind = split_endpoint(endpoint)                 # ntopng's "tcp://*:5556c"
         bind = bind or "://*" in url or "://0.0.0.0" in url or "://[::]" in url
         try:
             (self.sock.bind if bind else self.sock.connect)(url)
@@ -279,7 +254,10 @@ def run(argv: list[str]) -> int:
     if args.key:
         if not zmq.has("curve"):
             raise FlowprobeError("-k: this libzmq has no CURVE support", status=2)
-        secret = parse_secret(args.key)
+        try:
+            secret = parse_curve_secret(args.key)
+        except ValueError as e:
+            raise FlowprobeError(f"-k: {e}", status=2) from None
     relay = Relay(args.collector_port, args.zmq, secret, tuple(args.allow), args.queue)
     if relay.public_key:
         relay.log(f"flowrelay: CURVE public key {relay.public_key}")

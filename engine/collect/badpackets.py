@@ -1,0 +1,40 @@
+"""--dump-bad-packets: malformed collected datagrams kept in a pcap file for inspection."""
+from __future__ import annotations
+
+import struct
+import time
+
+from engine.errors import FlowprobeError, os_error_message
+
+
+class BadPacketWriter:
+    """Malformed datagrams as raw-IP/UDP packets (link type 101) in a pcap file, the exporter as
+    source address."""
+
+    def __init__(self, path: str, port: int = 0):
+        try:
+            self.f = open(path, "wb")
+        except OSError as e:
+            raise FlowprobeError(os_error_message(f"write {path!r}", e), status=2) from None
+        self.f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        self.written = 0
+
+    def write(self, exp, data: bytes) -> None:
+        t = time.time()
+        data = bytes(data[:65000])
+        udp_len = 8 + len(data)
+        if exp.ipv == 4:
+            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0,
+                             exp.addr16[:4], b"\x7f\0\0\x01")
+        else:
+            ip = struct.pack(">IHBB16s16s", 0x60000000, udp_len, 17, 64, exp.addr16,
+                             b"\0" * 15 + b"\x01")
+        pkt = ip + struct.pack(">HHHH", 0, 0, udp_len, 0) + data
+        self.f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(pkt), len(pkt)) + pkt)
+        self.written += 1
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except OSError:
+            pass
