@@ -24,7 +24,23 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+def _engine_missing() -> str:
+    """Why the package cannot be used from here, or ''. Run from a checkout, ``engine`` is the
+    source tree, which has the compiled extensions only after the project's set-up."""
+    try:
+        import engine._fastpath  # noqa: F401
+        import engine.export._encode  # noqa: F401
+    except ImportError as e:
+        return (f"the flowprobe engine cannot be imported ({e}): set it up with "
+                "tools/setup-debian.sh (or pip install -e .), then run .venv/bin/python -m bench")
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    missing = _engine_missing()
+    if missing:
+        print(f"bench: error: {missing}", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(prog="python -m bench", description="flowprobe benchmarks; "
                                  "each sub-command has its own --help")
     sub = ap.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
