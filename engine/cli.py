@@ -12,7 +12,8 @@ from engine.errors import FlowprobeError
 
 # Modules that add flags and exporters/sources: each has add_arguments(parser) and
 # from_args(args, config) -> list of exporters (or sources, for record sources).
-EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.netflow", "engine.health")
+EXPORTER_MODULES: tuple[str, ...] = ("engine.export.zmq", "engine.export.kafka",
+                                     "engine.export.netflow", "engine.health")
 SOURCE_MODULES: tuple[str, ...] = ("engine.collect",)
 
 

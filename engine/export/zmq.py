@@ -426,6 +426,9 @@ class ZMQExporter:
         kernel = int(snap.get("kernel_drops", 0))
         iface = iface_label(str(snap.get("interface", "")))
         export_drops = sum(e.drops_queue_full + e.drops_no_subscriber for e in self.endpoints)
+        # nProbe counts every exporter's full queue here: the other exporters' too (Kafka's)
+        export_drops += sum(v for k, v in (snap.get("exporters") or {}).items()
+                            if k.endswith("drops_queue_full") and not k.startswith("zmq_"))
         mode = snap.get("mode", "packet_collection")
         collected = int(snap.get("collected_records", 0))
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0,
