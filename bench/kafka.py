@@ -118,11 +118,9 @@ def measure(quick: bool = False, pcap=None, flows=None, reps=None, formats=None,
             "flows_per_run": flows, "reps": reps, "machine": common.machine(), "rows": rows}
 
 
-NAMES = {"j": "JSON", "t": "TLV", "m": "msgpack"}
-
-
 def markdown(res: dict) -> str:
     from bench import common
+    from bench.export import FORMAT_NAMES
     lines = [f"### Kafka export beside ZeroMQ: flows/s delivered ({res['flows_per_run']:,} flow "
              f"records from `{res['pcap']}` a run, {res['reps']} repetition(s): median "
              f"(min-max); broker: {res['broker']})", "",
@@ -135,7 +133,7 @@ def markdown(res: dict) -> str:
         comp = r["compression"] + (" (librdkafka)" if r["exporter"] == "kafka" and
                                    r["compression"] != "none" else "")
         lines.append(f"| {'`--kafka`' if r['exporter'] == 'kafka' else '`--zmq`'} | "
-                     f"{NAMES.get(r['format'], r['format'])} | {comp} | {per_msg} | "
+                     f"{FORMAT_NAMES.get(r['format'], r['format'])} | {comp} | {per_msg} | "
                      f"{common.fmt_summary(r['flows_per_s'])} | "
                      f"{common.fmt_summary(r['flows_per_cpu_s'])} | {r['messages']:,} | "
                      f"{r['sent']:,} | {r['delivered']:,} | {r['dropped_counted']:,} | "

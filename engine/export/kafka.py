@@ -96,7 +96,8 @@ def parse_spec(text: str) -> KafkaSpec:
                          "replicas)")
     if compression and compression not in COMPRESSIONS:
         raise ValueError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
-    return KafkaSpec(",".join(items), topic, stats_topic if stats_topic not in ("", "none") else None,
+    return KafkaSpec(",".join(items), topic,
+                     stats_topic if stats_topic not in ("", "none") else None,
                      ACKS[acks] if acks else None, compression or None)
 
 
