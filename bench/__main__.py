@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "collector": "bench.zmqcollector",       # nProbe 9.0's table: collector -> ZeroMQ subscriber
     "probe": "bench.probe",                  # packets/s, flows/s beside softflowd/nfstream/pmacctd
     "export": "bench.export",                # ZeroMQ export per format, with/without zlib
+    "kafka": "bench.kafka",                  # Kafka export per format/compression, beside ZeroMQ
     "engine": "bench.engine",                # fast path, end to end, bytes per flow
     "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
     "workers": "bench.workers",              # -g with 1 and 2 workers, file and live

@@ -12,12 +12,14 @@ from typing import Optional
 from engine import __version__
 from engine.errors import FlowprobeError
 from engine.options import (CaptureOptions, CollectorMode, CollectorOptions, Destination,
-                            DumpFormat, EngineId, HealthOptions, NetflowOptions, Options,
-                            OutputOptions, ServiceOptions, TableOptions, ZmqFormat, ZmqOptions)
+                            DumpFormat, EngineId, HealthOptions, KafkaOptions, NetflowOptions,
+                            Options,
+                            OutputOptions, ServiceOptions, TableOptions, MessageFormat, ZmqOptions)
 
 ZMQ_MAX_ENDPOINTS = 8
 NETFLOW_VERSIONS = (5, 9, 10)
-ZMQ_FORMATS = {"t": ZmqFormat.TLV, "j": ZmqFormat.JSON, "m": ZmqFormat.MSGPACK}
+MESSAGE_FORMATS = {"t": MessageFormat.TLV, "j": MessageFormat.JSON, "m": MessageFormat.MSGPACK}
+KAFKA_BATCH_LEN = 100
 
 EXAMPLES = """examples:
   flowprobe -i capture.pcap                              flows as a table on stdout
@@ -238,7 +240,7 @@ def build_parser() -> ArgumentParser:
                         "\"tcp://*:5556c\"); ipc:// works too; up to 8, flows spread by flow hash")
     g.add_argument("--zmq-probe-mode", action="store_true",
                    help="connect to an ntopng that binds (collector mode), e.g. behind NAT")
-    g.add_argument("--zmq-format", default="t", choices=tuple(ZMQ_FORMATS),
+    g.add_argument("--zmq-format", default="t", choices=tuple(MESSAGE_FORMATS),
                    help="t: nDPI TLV (default, what community ntopng reads), j: JSON, m: msgpack")
     g.add_argument("--json-labels", action="store_true",
                    help="JSON keys are field names instead of numeric ids")
@@ -260,6 +262,29 @@ def build_parser() -> ArgumentParser:
                    help="at most N flows per message (default and most for TLV and JSON: 255, "
                         "ntopng counts a message's flows in 8 bits; msgpack: as many as fit in "
                         "128 KiB)")
+
+    g = p.add_argument_group("Kafka export")
+    g.add_argument("--kafka", metavar="BROKERS;TOPIC[;STATS_TOPIC[;ACKS[;COMPRESSION]]]",
+                   help="export flows to Apache Kafka, e.g. \"127.0.0.1:9092;flows\" or "
+                        "\"k1:9092,k2:9092;flows;probe-stats;1;lz4\": brokers, flow topic, topic "
+                        "for probe statistics (none), acks 0|1|-1, compression "
+                        "none|gzip|snappy|lz4|zstd")
+    g.add_argument("--kafka-conf", action="append", default=[], metavar="PROP=VALUE",
+                   help="set a librdkafka property (repeatable), e.g. batch.num.messages=1000, "
+                        "queue.buffering.max.messages=100000 (the bounded queue), "
+                        "message.timeout.ms=300000, security.protocol=ssl")
+    g.add_argument("--kafka-format", default="j", choices=tuple(MESSAGE_FORMATS),
+                   help="j: JSON with nProbe's field names (default), t: nDPI TLV, m: msgpack")
+    g.add_argument("--kafka-enable-batch", action="store_true",
+                   help="several flows a message (a JSON array; one TLV payload; one msgpack "
+                        "map) instead of one flow a message")
+    g.add_argument("--kafka-batch-len", type=int, default=KAFKA_BATCH_LEN, metavar="N",
+                   help=f"flows a message with --kafka-enable-batch (default {KAFKA_BATCH_LEN})")
+    g.add_argument("--kafka-stats-interval", type=float, default=1.0, metavar="SEC",
+                   help="send probe statistics to STATS_TOPIC every SEC seconds (default 1)")
+    g.add_argument("--kafka-flush-timeout", type=float, default=10.0, metavar="SEC",
+                   help="at exit, wait up to SEC for queued messages to be delivered (default 10); "
+                        "what is left is counted as not delivered")
 
     g = p.add_argument_group("NetFlow/IPFIX export")
     g.add_argument("-n", "--collector", action="append", default=[], metavar="HOST:PORT",
@@ -327,6 +352,7 @@ def build_parser() -> ArgumentParser:
 
 # the flag behind each setting a library error can name (engine.errors.FlowprobeError.setting)
 SETTING_FLAGS = {"zmq.endpoints": "--zmq", "netflow.mtu": "--mtu", "template": "-T",
+                 "kafka.conf": "--kafka-conf",
                  "collector.binds": "--collector-port", "collector.relays": "--collector-port"}
 
 
@@ -339,6 +365,41 @@ def _is_offline(inputs: tuple[str, ...]) -> bool:
     """Every input is a file: no real-time constraint (the ZeroMQ exporter may wait)."""
     items = [i for i in inputs if i != "none"]
     return bool(items) and all(os.path.isfile(i) for i in items)
+
+
+def _source_id(a) -> int:
+    try:
+        source_id = int(a.source_id, 0)
+    except ValueError:
+        source_id = -1
+    if not 0 <= source_id <= 0xFFFFFFFF:
+        raise FlowprobeError(f"--source-id {a.source_id!r}: expected 0..4294967295", status=2)
+    return source_id
+
+
+def _kafka(a) -> Optional[KafkaOptions]:
+    if not a.kafka:
+        return None
+    from engine.export.kafka import parse_spec, producer_config
+    try:
+        spec = parse_spec(a.kafka)
+    except ValueError as e:
+        raise FlowprobeError(f"--kafka {a.kafka!r}: {e}", status=2) from None
+    try:
+        producer_config(spec, a.kafka_conf)
+    except ValueError as e:
+        raise FlowprobeError(f"--kafka-conf {e}", status=2) from None
+    if not 1 <= a.kafka_batch_len <= 1_000_000:
+        raise FlowprobeError("--kafka-batch-len must be between 1 and 1000000", status=2)
+    for flag, v in (("--kafka-stats-interval", a.kafka_stats_interval),
+                    ("--kafka-flush-timeout", a.kafka_flush_timeout)):
+        if not v >= 0:
+            raise FlowprobeError(f"{flag} must be >= 0", status=2)
+    return KafkaOptions(spec=spec, conf=tuple(a.kafka_conf), fmt=MESSAGE_FORMATS[a.kafka_format],
+                        batch_len=a.kafka_batch_len if a.kafka_enable_batch else 1,
+                        stats_interval=a.kafka_stats_interval,
+                        flush_timeout=a.kafka_flush_timeout,
+                        offline=_is_offline(tuple(a.interface)))
 
 
 def _zmq(a) -> Optional[ZmqOptions]:
@@ -358,27 +419,21 @@ def _zmq(a) -> Optional[ZmqOptions]:
     key = None
     if a.zmq_encryption_key is not None:
         key = curve_key("--zmq-encryption-key", a.zmq_encryption_key)
-    try:
-        source_id = int(a.source_id, 0)
-    except ValueError:
-        source_id = -1
-    if not 0 <= source_id <= 0xFFFFFFFF:
-        raise FlowprobeError(f"--source-id {a.source_id!r}: expected 0..4294967295", status=2)
     if a.zmq_sndhwm < 1:
         raise FlowprobeError("--zmq-sndhwm must be at least 1", status=2)
     if a.zmq_wait_subscriber is not None and a.zmq_wait_subscriber < 0:
         raise FlowprobeError("--zmq-wait-subscriber must be >= 0", status=2)
     if a.zmq_stats_interval < 0:
         raise FlowprobeError("--zmq-stats-interval must be >= 0", status=2)
-    fmt = ZMQ_FORMATS[a.zmq_format]
+    fmt = MESSAGE_FORMATS[a.zmq_format]
     n = a.zmq_max_flows_per_message
-    if n < 0 or (fmt is not ZmqFormat.MSGPACK and n > MAX_FLOWS_PER_MESSAGE):
+    if n < 0 or (fmt is not MessageFormat.MSGPACK and n > MAX_FLOWS_PER_MESSAGE):
         raise FlowprobeError(f"--zmq-max-flows-per-message {n}: expected 1.."
                              f"{MAX_FLOWS_PER_MESSAGE} (ntopng counts the flows of a message in 8 "
                              "bits, so more would be miscounted)" if n > 0 else
                              f"--zmq-max-flows-per-message {n}: expected a positive number",
                              status=2)
-    if fmt is ZmqFormat.MSGPACK:
+    if fmt is MessageFormat.MSGPACK:
         try:
             import msgpack  # noqa: F401
         except ImportError:
@@ -389,7 +444,7 @@ def _zmq(a) -> Optional[ZmqOptions]:
         wait = 10.0 if _is_offline(tuple(a.interface)) else 0.0
     return ZmqOptions(endpoints=tuple(a.zmq), probe_mode=a.zmq_probe_mode, fmt=fmt,
                       labels=a.json_labels, compress=not a.zmq_disable_compression,
-                      curve_server_key=key, source_id=source_id, wait_subscriber=wait,
+                      curve_server_key=key, wait_subscriber=wait,
                       stats_interval=a.zmq_stats_interval, sndhwm=a.zmq_sndhwm,
                       sndbuf=int(os.environ.get("FLOWPROBE_ZMQ_SNDBUF", "0") or 0),
                       max_flows_per_message=n, offline=_is_offline(tuple(a.interface)))
@@ -459,7 +514,8 @@ def options_from(a) -> Options:
                            lifetime=a.lifetime_timeout, features=not a.no_features),
         output=OutputOptions(dump_format=DumpFormat(a.dump_format) if a.dump_format else None,
                              verbose=a.verbose, export_none="none" in a.collector),
-        template=a.flow_templ, engine=engine, zmq=zmq, netflow=_netflow(a, engine),
+        template=a.flow_templ, engine=engine, zmq=zmq, kafka=_kafka(a),
+        source_id=_source_id(a), netflow=_netflow(a, engine),
         collector=collector,
         service=ServiceOptions(syslog=a.syslog, log_file=a.log_file, verbose_log=a.verbose_log,
                                pid_file=a.pid_file, user=a.user),

@@ -50,7 +50,7 @@ def exporters(opts: Options) -> list:
             template = template.with_fields(*COLLECTOR_FIELDS)
         out.append(ZMQExporter(
             list(z.endpoints), fmt=z.fmt, template=template, compress=z.compress,
-            probe_mode=z.probe_mode, curve_server_key=z.curve_server_key, source_id=z.source_id,
+            probe_mode=z.probe_mode, curve_server_key=z.curve_server_key, source_id=opts.source_id,
             observation_point=opts.engine.engine_id if opts.engine else None, labels=z.labels,
             wait_subscriber=z.wait_subscriber, stats_interval=z.stats_interval, sndhwm=z.sndhwm,
             sndbuf=z.sndbuf, max_flows_per_message=z.max_flows_per_message,
@@ -58,6 +58,17 @@ def exporters(opts: Options) -> list:
             defaults={"interface": ",".join(opts.capture.inputs),
                       "idle_timeout": opts.table.idle_timeout, "lifetime": opts.table.lifetime,
                       "mode": opts.mode.value}))
+    if opts.kafka is not None:
+        from engine.export.kafka import KafkaExporter
+        from engine.fields import DEFAULT_TEMPLATE
+        k = opts.kafka
+        template = parse_template(opts.template, DEFAULT_TEMPLATE)
+        if collecting and not opts.template:
+            template = template.with_fields(*COLLECTOR_FIELDS)
+        out.append(KafkaExporter(k.spec, fmt=k.fmt, template=template, conf=list(k.conf),
+                                 batch_len=k.batch_len, stats_interval=k.stats_interval,
+                                 flush_timeout=k.flush_timeout, offline=k.offline,
+                                 source_id=opts.source_id))
     if opts.netflow is not None:
         from engine.export.netflow import NetFlowExporter
         n = opts.netflow

@@ -14,7 +14,8 @@ class CollectorMode(enum.Enum):
     PASSTHROUGH = "passthrough"      # --collector-passthrough: 1:1, no flow state
 
 
-class ZmqFormat(enum.Enum):
+class MessageFormat(enum.Enum):
+    """The flow formats of the message exporters (ZeroMQ, Kafka)."""
     TLV = "tlv"
     JSON = "json"
     MSGPACK = "msgpack"
@@ -61,17 +62,37 @@ class EngineId:
 class ZmqOptions:
     endpoints: tuple[str, ...]
     probe_mode: bool = False
-    fmt: ZmqFormat = ZmqFormat.TLV
+    fmt: MessageFormat = MessageFormat.TLV
     labels: bool = False                   # JSON keys are names instead of ids
     compress: bool = True
     curve_server_key: Optional[bytes] = None
-    source_id: int = 0
     wait_subscriber: Optional[float] = None   # None: 10 s when reading files, else 0
     stats_interval: float = 1.0
     sndhwm: int = 1000
     sndbuf: int = 0
     max_flows_per_message: int = 0         # 0: the most ntopng counts right (255 for TLV/JSON)
     offline: bool = False                  # reading files: a slow subscriber may be waited for
+
+
+@dataclass(frozen=True)
+class KafkaSpec:
+    """nProbe's --kafka "BROKERS;TOPIC[;STATS_TOPIC[;ACKS[;COMPRESSION]]]"."""
+    brokers: str
+    topic: str
+    stats_topic: Optional[str] = None
+    acks: Optional[str] = None           # librdkafka's value ("0", "1", "all"); None: its default
+    compression: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class KafkaOptions:
+    spec: KafkaSpec
+    conf: tuple[str, ...] = ()           # librdkafka PROPERTY=VALUE settings
+    fmt: MessageFormat = MessageFormat.JSON
+    batch_len: int = 1                   # flows a message
+    stats_interval: float = 1.0
+    flush_timeout: float = 10.0
+    offline: bool = False
 
 
 class Destination(NamedTuple):
@@ -132,6 +153,8 @@ class Options:
     template: Optional[str] = None              # -T text (None: each exporter's default)
     engine: Optional[EngineId] = None           # -E
     zmq: Optional[ZmqOptions] = None
+    kafka: Optional[KafkaOptions] = None
+    source_id: int = 0                          # --source-id: tells probes apart downstream
     netflow: Optional[NetflowOptions] = None
     collector: Optional[CollectorOptions] = None
     service: ServiceOptions = field(default_factory=ServiceOptions)

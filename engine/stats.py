@@ -88,10 +88,16 @@ def drops_text(snap: Snapshot) -> str:
     return " ".join(f"{k}={v}" for k, v in drops.items()) or "none"
 
 
+def delivery_text(snap: Snapshot) -> str:
+    """What exporters say about their deliveries (stats keys ending in _status), e.g. Kafka's."""
+    return "".join(f", {v}" for k, v in snap.exporters.items() if k.endswith("_status") and v)
+
+
 def status_line(snap: Snapshot, extra: str = "") -> str:
     return (f"flowprobe: {snap.pps:.0f} pkts/s {snap.bps / 1e6:.2f} Mbit/s, "
             f"{snap.packets} pkts, {snap.active_flows} active flows, "
-            f"{snap.exported_flows} exported, drops: {drops_text(snap)}{extra}")
+            f"{snap.exported_flows} exported, drops: {drops_text(snap)}"
+            f"{delivery_text(snap)}{extra}")
 
 
 def summary_line(snap: Snapshot, seconds: float, extra: str = "") -> str:
@@ -99,7 +105,7 @@ def summary_line(snap: Snapshot, seconds: float, extra: str = "") -> str:
     return (f"flowprobe: {snap.packets} packets ({snap.bytes} bytes on the wire) "
             f"in {secs:.2f} s ({snap.packets / secs:.0f} pkts/s), "
             f"{snap.flows_created} flows, {snap.exported_flows} flows exported, "
-            f"drops: {drops_text(snap)}{extra}")
+            f"drops: {drops_text(snap)}{delivery_text(snap)}{extra}")
 
 
 # --- rate-limited warnings ------------------------------------------------------------------

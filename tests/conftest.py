@@ -2,11 +2,14 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # the tests use bench's helpers (bench.kafka_broker)
+    sys.path.insert(0, str(ROOT))
 SHARED = pathlib.Path(os.environ.get("FLOWPROBE_SHARED", ROOT.parent / "shared"))
 PCAPS = SHARED / "pcaps"
 

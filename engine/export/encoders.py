@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.export import tlv
 from engine.fields import RECORD_DTYPE, field_values
-from engine.options import ZmqFormat
+from engine.options import MessageFormat
 
 MSGPACK_SCHEMA = "flowprobe.flows"
 MSGPACK_SCHEMA_VERSION = 1
@@ -24,11 +24,11 @@ class FlowEncoder:
     """Records -> list of per-flow byte strings, and a list of those -> one payload."""
 
     def __init__(self, fmt, template, constants=(), labels: bool = False):
-        self.fmt = ZmqFormat(fmt)
+        self.fmt = MessageFormat(fmt)
         self.template = template
         self.constants = list(constants)
         self.labels = labels
-        if self.fmt is ZmqFormat.MSGPACK:
+        if self.fmt is MessageFormat.MSGPACK:
             import msgpack
             self._packer = msgpack.Packer(use_bin_type=True)
             return
@@ -36,7 +36,7 @@ class FlowEncoder:
         fields = template.fields
         self._c = Encoder(fields, RECORD_DTYPE, [tlv.field_key(f) for f in fields],
                           [str(tlv.field_key(f, labels)) for f in fields])
-        if self.fmt is ZmqFormat.TLV:
+        if self.fmt is MessageFormat.TLV:
             self._suffix = tlv.RecordEncoder((), self.constants).suffix
         else:
             self._suffix = "".join(
@@ -44,9 +44,9 @@ class FlowEncoder:
                 for p, v in self.constants).encode()
 
     def encode(self, records: np.ndarray) -> list[bytes]:
-        if self.fmt is ZmqFormat.TLV:
+        if self.fmt is MessageFormat.TLV:
             return self._c.tlv(records, self._suffix)
-        if self.fmt is ZmqFormat.JSON:
+        if self.fmt is MessageFormat.JSON:
             return self._c.json(records, self._suffix)
         fields = self.template.fields
         keys = [tlv.field_key(f, True) for f in fields]
@@ -63,16 +63,16 @@ class FlowEncoder:
 
     def overhead(self, n: int) -> int:
         """Bytes a payload of n flows adds to the sum of their encodings."""
-        if self.fmt is ZmqFormat.TLV:
+        if self.fmt is MessageFormat.TLV:
             return 2
-        if self.fmt is ZmqFormat.JSON:
+        if self.fmt is MessageFormat.JSON:
             return 2 + max(n - 1, 0)
         return 64
 
     def payload(self, recs: list[bytes]) -> bytes:
-        if self.fmt is ZmqFormat.TLV:
+        if self.fmt is MessageFormat.TLV:
             return tlv.PREAMBLE + b"".join(recs)
-        if self.fmt is ZmqFormat.JSON:
+        if self.fmt is MessageFormat.JSON:
             return b"[" + b",".join(recs) + b"]"
         import msgpack
         n = len(recs)

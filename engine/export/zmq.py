@@ -35,7 +35,7 @@ from engine.export.base import Exporter, MessageBatcher
 from engine.export.encoders import FlowEncoder
 from engine.export.templates import parse_template
 from engine.ntopng import FLAG_TLV, FLAG_ZLIB, MAX_FLOWS_PER_MESSAGE, MAX_PAYLOAD, header
-from engine.options import ZmqFormat
+from engine.options import MessageFormat
 from engine.stats import Snapshot
 
 try:
@@ -132,7 +132,7 @@ class Endpoint:
 
 
 class ZMQExporter(Exporter):
-    def __init__(self, endpoints: list[str], *, fmt=ZmqFormat.TLV, template=None,
+    def __init__(self, endpoints: list[str], *, fmt=MessageFormat.TLV, template=None,
                  compress: bool = True, probe_mode: bool = False,
                  curve_server_key: Optional[bytes] = None, source_id: int = 0,
                  observation_point: Optional[int] = None, labels: bool = False,
@@ -142,13 +142,13 @@ class ZMQExporter(Exporter):
         if zmq is None:
             raise FlowprobeError("ZeroMQ export needs pyzmq: pip install pyzmq", status=2)
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.fmt = ZmqFormat(fmt)
+        self.fmt = MessageFormat(fmt)
         self.compress = compress
         self.source_id = source_id
         self.observation_point = observation_point
         self.wait_subscriber = wait_subscriber
         self.stats_interval = stats_interval
-        if self.fmt is not ZmqFormat.MSGPACK:      # ntopng parses and counts these
+        if self.fmt is not MessageFormat.MSGPACK:      # ntopng parses and counts these
             max_flows_per_message = min(max_flows_per_message or MAX_FLOWS_PER_MESSAGE,
                                         MAX_FLOWS_PER_MESSAGE)
         self.offline = offline
@@ -258,7 +258,7 @@ class ZMQExporter(Exporter):
         return True
 
     def _send_flows(self, ep: Endpoint, flows: list) -> None:
-        flags = FLAG_TLV if self.fmt is ZmqFormat.TLV else 0
+        flags = FLAG_TLV if self.fmt is MessageFormat.TLV else 0
         self._send(ep, b"flow", self.encoder.payload(flows), flags, len(flows))
 
     def export(self, records: np.ndarray) -> None:
@@ -300,6 +300,9 @@ class ZMQExporter(Exporter):
         too_many = int(snap.drops.get("flow_table_full", 0))
         iface = iface_label(snap.interface)
         export_drops = sum(e.drops_queue_full + e.drops_no_subscriber for e in self.endpoints)
+        # nProbe counts every exporter's full queue here: the other exporters' too (Kafka's)
+        export_drops += sum(v for k, v in snap.exporters.items()
+                            if k.endswith("drops_queue_full") and not k.startswith("zmq_"))
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0,
                            **snap.collector_drops}
         flow_collection = snap.flow_collection
