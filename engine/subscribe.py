@@ -35,8 +35,10 @@ class Message:
     format: str            # "tlv", "json", "msgpack"
 
 
-def decode_payload(header: Header, payload: bytes) -> tuple[Any, str]:
-    """(decoded payload, format name) as ntopng would read it."""
+def decode_payload(header: Header, payload: bytes, keys: Optional[dict] = None
+                   ) -> tuple[Any, str]:
+    """(decoded payload, format name) as ntopng would read it; ``keys`` ({id: name}) names the
+    numeric keys of TLV flows."""
     if len(payload) > MAX_PAYLOAD:
         raise DecodeError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     data = payload
@@ -49,9 +51,9 @@ def decode_payload(header: Header, payload: bytes) -> tuple[Any, str]:
         data = zlib.decompress(payload[1:])
     first = header.topic[:1]
     if header.tlv and first in ("f", "c"):
-        return decode_tlv(data), "tlv"
+        return decode_tlv(data, keys), "tlv"
     if header.length == 24 and header.version == 3 or header.length == 28 and header.version == 3:
-        return decode_tlv(data), "tlv"
+        return decode_tlv(data, keys), "tlv"
     lead = data.lstrip()[:1]
     if lead in (b"{", b"[") or not lead:
         try:
@@ -75,13 +77,25 @@ def flows_of(msg: Message) -> list[dict]:
     return list(p)
 
 
+_ID_NAMES: Optional[dict] = None
+
+
+def id_names() -> dict:
+    """{numeric id: registry name} of every field with an id (built once)."""
+    global _ID_NAMES
+    if _ID_NAMES is None:
+        from engine.export.templates import PROBE_FIELDS
+        from engine.fields import BY_V9
+        table = {p.v9: p.name for p in PROBE_FIELDS.values()}
+        table.update({k: f.name for k, f in BY_V9.items()})
+        _ID_NAMES = table
+    return _ID_NAMES
+
+
 def names(flow: dict) -> dict:
     """Numeric keys (ints or digit strings) replaced by registry names where known; values as sent
     (TLV six-bin vectors arrive as "a,b,c,d,e,f" text)."""
-    from engine.export.templates import PROBE_FIELDS
-    from engine.fields import BY_V9
-    by_id = {p.v9: p.name for p in PROBE_FIELDS.values()}
-    by_id.update({k: f.name for k, f in BY_V9.items()})
+    by_id = id_names()
     out = {}
     for k, v in flow.items():
         if isinstance(k, str) and k.isdigit():
@@ -92,7 +106,8 @@ def names(flow: dict) -> dict:
 
 class Subscriber:
     def __init__(self, endpoints, bind: bool = False, secret_key: Optional[str] = None,
-                 topics=TOPICS, rcvhwm: int = 0, rcvbuf: int = 8388608, ctx=None):
+                 topics=TOPICS, rcvhwm: int = 0, rcvbuf: int = 8388608, ctx=None,
+                 names: bool = False):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         self.ctx = ctx or zmq.Context()
@@ -122,6 +137,7 @@ class Subscriber:
             self.sockets.append(s)
             self.poller.register(s, zmq.POLLIN)
         self.errors: list[str] = []
+        self.keys = id_names() if names else None     # TLV flows keyed by name, not id
 
     def recv_raw(self, timeout: Optional[float] = None) -> Optional[tuple[bytes, bytes]]:
         """(header frame, payload frame) of the next message, or None on timeout."""
@@ -141,7 +157,7 @@ class Subscriber:
             return None
         hdr, payload = raw
         h = parse_header(hdr)
-        p, fmt = decode_payload(h, payload)
+        p, fmt = decode_payload(h, payload, self.keys)
         return Message(h.topic, h, p, len(payload), fmt)
 
     def messages(self, timeout: Optional[float] = None, idle: Optional[float] = None

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     nflows = 0
     out = sys.stdout
     try:
-        with Subscriber(args.endpoints, bind=args.bind, secret_key=args.secret_key) as sub:
+        with Subscriber(args.endpoints, bind=args.bind, secret_key=args.secret_key,
+                        names=not args.ids) as sub:
             while True:
                 try:
                     it = sub.messages(timeout=args.timeout, idle=args.idle)
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "msg_id": m.header.msg_id, "format": m.format}
                         if m.topic.startswith("flow"):
                             for f in flows_of(m):
-                                row = dict(base, flow=f if args.ids else names(f))
+                                row = dict(base, flow=f if args.ids or m.format == "tlv"
+                                           else names(f))
                                 out.write(json.dumps(row, default=str) + "\n")
                                 nflows += 1
                                 if args.count and nflows >= args.count:

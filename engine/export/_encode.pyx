@@ -6,11 +6,13 @@ Each field of a template becomes one item per record, with the same value rules 
 on an IPv4 flow, is left out). Output is one bytes object per record, byte-identical to the
 pure-Python encoders in ``engine/export/tlv.py`` and ``json`` (the tests compare them).
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from libc.stdio cimport snprintf
 from libc.stdlib cimport malloc, realloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
+cimport cython
 import numpy as np
 cimport numpy as cnp
 
@@ -65,11 +67,24 @@ ctypedef struct spec_t:
     uint8_t key[64]
     int json_len         # '"key":'
     char json_key[72]
+    int mp_len           # the msgpack key (a str)
+    uint8_t mp_key[72]
+    int csv_len          # the field's name, for the CSV header
+    char csv_name[64]
 
 ctypedef struct buf_t:
     char* p
     Py_ssize_t n
     Py_ssize_t cap
+
+
+# message formats of Encoder.messages (engine.options.MessageFormat)
+cdef enum:
+    F_TLV = 0
+    F_JSON = 1
+    F_MSGPACK = 2
+
+MESSAGE_FORMATS = {"tlv": F_TLV, "json": F_JSON, "msgpack": F_MSGPACK}
 
 
 cdef int grow(buf_t* b, Py_ssize_t need) except -1:
@@ -97,26 +112,63 @@ cdef inline void put_byte(buf_t* b, uint8_t v) noexcept:
     b.n += 1
 
 
+cdef inline void put_be(buf_t* b, uint64_t v, int width) noexcept:
+    cdef uint8_t* q = <uint8_t*>(b.p + b.n)
+    if width == 2:
+        q[0] = <uint8_t>(v >> 8)
+        q[1] = <uint8_t>v
+    elif width == 4:
+        q[0] = <uint8_t>(v >> 24)
+        q[1] = <uint8_t>(v >> 16)
+        q[2] = <uint8_t>(v >> 8)
+        q[3] = <uint8_t>v
+    else:
+        for width in range(8):
+            q[width] = <uint8_t>(v >> (56 - 8 * width))
+        width = 8
+    b.n += width
+
+
 cdef const char* HEX = "0123456789abcdef"
 
 
-cdef inline int utoa(uint64_t v, char* out) noexcept:
-    """Decimal text of v at out (no terminator); returns its length. snprintf is several times
-    slower, and a flow has dozens of numbers."""
+cdef const char* DIGITS2 = ("00010203040506070809101112131415161718192021222324252627282930313233343536"
+                            "37383940414243444546474849505152535455565758596061626364656667686970717273"
+                            "7475767778798081828384858687888990919293949596979899")
+
+
+cdef inline int utoa(uint64_t v, char* out) noexcept nogil:
+    """Decimal text of v at out (no terminator); returns its length, two digits a step.
+    snprintf is several times slower, and a flow has dozens of numbers."""
     cdef char tmp[24]
-    cdef int n = 0, i
-    while True:
-        tmp[n] = <char>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    for i in range(n):
-        out[i] = tmp[n - 1 - i]
-    return n
+    cdef int n = 24, k, d
+    if v < 10:
+        out[0] = <char>(48 + v)
+        return 1
+    while v >= 100:
+        d = <int>(v % 100) * 2
+        v //= 100
+        n -= 2
+        tmp[n] = DIGITS2[d]
+        tmp[n + 1] = DIGITS2[d + 1]
+    if v >= 10:
+        d = <int>v * 2
+        n -= 2
+        tmp[n] = DIGITS2[d]
+        tmp[n + 1] = DIGITS2[d + 1]
+    else:
+        n -= 1
+        tmp[n] = <char>(48 + v)
+    k = 24 - n
+    memcpy(out, tmp + n, k)
+    return k
 
 
-cdef inline uint64_t read_uint(const uint8_t* rec, int off, int size) noexcept:
+cdef inline void put_uint_text(buf_t* b, uint64_t v) noexcept:
+    b.n += utoa(v, b.p + b.n)
+
+
+cdef inline uint64_t read_uint(const uint8_t* rec, int off, int size) noexcept nogil:
     cdef const uint8_t* q = rec + off
     if size == 1:
         return q[0]
@@ -127,21 +179,81 @@ cdef inline uint64_t read_uint(const uint8_t* rec, int off, int size) noexcept:
     return (<const uint64_t*>q)[0]
 
 
+# --- msgpack (what msgpack-python's Packer(use_bin_type=True) writes for the same values) -----
+cdef inline void mp_uint(buf_t* b, uint64_t v) noexcept:
+    if v < 128:
+        put_byte(b, <uint8_t>v)
+    elif v <= 0xFF:
+        put_byte(b, 0xcc)
+        put_byte(b, <uint8_t>v)
+    elif v <= 0xFFFF:
+        put_byte(b, 0xcd)
+        put_be(b, v, 2)
+    elif v <= 0xFFFFFFFF:
+        put_byte(b, 0xce)
+        put_be(b, v, 4)
+    else:
+        put_byte(b, 0xcf)
+        put_be(b, v, 8)
+
+
+cdef inline void mp_str(buf_t* b, const char* t, Py_ssize_t n) noexcept:
+    if n < 32:
+        put_byte(b, <uint8_t>(0xa0 | n))
+    elif n < 256:
+        put_byte(b, 0xd9)
+        put_byte(b, <uint8_t>n)
+    else:
+        put_byte(b, 0xda)
+        put_be(b, n, 2)
+    put(b, t, n)
+
+
+cdef inline void mp_map_header(buf_t* b, Py_ssize_t n) noexcept:
+    if n < 16:
+        put_byte(b, <uint8_t>(0x80 | n))
+    else:
+        put_byte(b, 0xde)
+        put_be(b, n, 2)
+
+
+cdef inline void mp_array_header(buf_t* b, Py_ssize_t n) noexcept:
+    if n < 16:
+        put_byte(b, <uint8_t>(0x90 | n))
+    elif n < 65536:
+        put_byte(b, 0xdc)
+        put_be(b, n, 2)
+    else:
+        put_byte(b, 0xdd)
+        put_be(b, n, 4)
+
+
+cdef inline const uint8_t* records_data(cnp.ndarray records) except NULL:
+    if not records.flags.c_contiguous:
+        raise ValueError("records must be a contiguous RECORD_DTYPE array")
+    return <const uint8_t*>cnp.PyArray_DATA(records) if records.shape[0] else <const uint8_t*>""
+
+
+@cython.final
 cdef class Encoder:
-    """TLV records and JSON objects for one template (a list of engine.fields.Field)."""
+    """Flow records in the message and dump formats, for one template (a list of
+    engine.fields.Field): nDPI TLV records, JSON objects, msgpack maps, CSV rows; whole messages
+    below a size and flow limit; JSON lines and CSV for the dumps."""
     cdef spec_t* specs
     cdef int nspecs
     cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags
     cdef object tunnels
     cdef uint8_t end_reason_code[16]
+    cdef Py_ssize_t stride
 
     def __cinit__(self, fields, dtype, keys, json_keys):
         """``keys``: the TLV key of each field (int id or str label); ``json_keys``: its JSON
-        key text."""
+        key text. msgpack and CSV use the field names."""
         from engine.fields import END_REASON_IPFIX, TUNNELS
         cdef int i
         cdef spec_t* s
         self.nspecs = len(fields)
+        self.stride = dtype.itemsize
         self.specs = <spec_t*>malloc(max(self.nspecs, 1) * sizeof(spec_t))
         if self.specs == NULL:
             raise MemoryError()
@@ -166,10 +278,16 @@ cdef class Encoder:
             s.key_len = len(kb)
             memcpy(s.key, <const char*>kb, len(kb))
             jk = b'"' + jkey.encode() + b'":'
-            if len(jk) > 72:
+            name = f.name.encode()
+            if len(jk) > 72 or len(name) > 60:
                 raise ValueError(f"field key {jkey!r} too long")
             s.json_len = len(jk)
             memcpy(s.json_key, <const char*>jk, len(jk))
+            mk = (bytes((0xa0 | len(name),)) if len(name) < 32 else bytes((0xd9, len(name)))) + name
+            s.mp_len = len(mk)
+            memcpy(s.mp_key, <const char*>mk, len(mk))
+            s.csv_len = len(name)
+            memcpy(s.csv_name, <const char*>name, len(name))
         self.off_ipver = dtype.fields["ip_version"][1]
         self.off_expver = dtype.fields["exporter_ip_version"][1]
         self.off_proto = dtype.fields["protocol"][1]
@@ -182,13 +300,14 @@ cdef class Encoder:
     def __dealloc__(self):
         free(self.specs)
 
-    # ---- one value as text, for strings (TLV) and JSON ------------------------------------
-    cdef int text(self, spec_t* s, const uint8_t* rec, char* out) noexcept:
+    # ---- one value --------------------------------------------------------------------
+    cdef inline int text(self, spec_t* s, const uint8_t* rec, char* out) noexcept:
         """Writes the field's text form into out (>= 64 bytes); returns its length, or -1 when
-        the field is not a text field or does not apply to this record."""
+        the field is not a text field or does not apply to this record. BINS: a,b,c,d,e,f."""
         cdef const uint8_t* q = rec + s.off
         cdef int k = s.kind
         cdef int n, i
+        cdef bytes t
         if k == K_IPV4 or k == K_EXP_V4:
             if rec[self.off_ipver if k == K_IPV4 else self.off_expver] != 4:
                 return -1
@@ -223,9 +342,13 @@ cdef class Encoder:
                     out[n] = 44                # ','
                     n += 1
             return n
+        if k == K_TUNNEL:
+            t = <bytes>self.tunnels[q[0]]
+            memcpy(out, <const char*>t, len(t))
+            return len(t)
         return -1
 
-    cdef int number(self, spec_t* s, const uint8_t* rec, uint64_t* v) noexcept:
+    cdef inline int number(self, spec_t* s, const uint8_t* rec, uint64_t* v) noexcept:
         """The field's integer value; 0 when it has one, -1 when it does not apply."""
         cdef int k = s.kind
         if k == K_UINT or k == K_MS:
@@ -244,140 +367,589 @@ cdef class Encoder:
             return -1
         return 0
 
-    # ---- TLV --------------------------------------------------------------------------
-    cdef void tlv_prefix(self, buf_t* b, spec_t* s, int value_type) noexcept:
+    # ---- one record in each format (the buffer has room: see room()) -----------------
+    cdef Py_ssize_t room(self, Py_ssize_t suffix_len) noexcept:
+        return self.nspecs * (1 + 72 + 3 + 80) + suffix_len + 8
+
+    cdef inline void tlv_prefix(self, buf_t* b, spec_t* s, int value_type) noexcept:
         put_byte(b, <uint8_t>((s.key_type << 4) | value_type))
         put(b, s.key, s.key_len)
 
-    cdef void tlv_string(self, buf_t* b, spec_t* s, const char* t, int n) noexcept:
-        self.tlv_prefix(b, s, T_STRING)
-        put_byte(b, <uint8_t>(n >> 8))
-        put_byte(b, <uint8_t>n)
-        put(b, t, n)
-
-    def tlv(self, cnp.ndarray records, bytes suffix=b"\x01"):
-        """One TLV record (items then ``suffix``, which ends with the end-of-record byte) per
-        flow record."""
-        cdef Py_ssize_t i, nrec = records.shape[0], stride = records.dtype.itemsize
-        cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(records)
-        cdef const uint8_t* rec
-        cdef buf_t b
-        cdef int j, n, k
+    cdef inline void put_tlv(self, buf_t* b, const uint8_t* rec, const char* sfx,
+                      Py_ssize_t sfx_len) noexcept:
+        cdef int j, n
         cdef uint64_t v
-        cdef char txt[64]
+        cdef char txt[80]
         cdef spec_t* s
-        cdef const char* sfx = suffix
-        cdef Py_ssize_t sfx_len = len(suffix)
-        if not records.flags.c_contiguous:
-            records = np.ascontiguousarray(records)
-            base = <const uint8_t*>cnp.PyArray_DATA(records)
-        b.p = NULL
-        b.n = b.cap = 0
-        out = []
-        try:
-            for i in range(nrec):
-                rec = base + i * stride
-                b.n = 0
-                grow(&b, self.nspecs * (1 + 64 + 2 + 64) + sfx_len)
-                for j in range(self.nspecs):
-                    s = &self.specs[j]
-                    if self.number(s, rec, &v) == 0:
-                        if v < 256:
-                            self.tlv_prefix(&b, s, T_U8)
-                            put_byte(&b, <uint8_t>v)
-                        elif v < 65536:
-                            self.tlv_prefix(&b, s, T_U16)
-                            put_byte(&b, <uint8_t>(v >> 8))
-                            put_byte(&b, <uint8_t>v)
-                        elif v < 4294967296:
-                            self.tlv_prefix(&b, s, T_U32)
-                            for k in range(3, -1, -1):
-                                put_byte(&b, <uint8_t>(v >> (8 * k)))
-                        else:
-                            self.tlv_prefix(&b, s, T_U64)
-                            for k in range(7, -1, -1):
-                                put_byte(&b, <uint8_t>(v >> (8 * k)))
-                    elif s.kind == K_TUNNEL:
-                        t = self.tunnels[rec[s.off]]
-                        self.tlv_string(&b, s, <const char*>t, len(t))
-                    else:
-                        n = self.text(s, rec, txt)
-                        if n >= 0:
-                            self.tlv_string(&b, s, txt, n)
-                put(&b, sfx, sfx_len)
-                out.append(PyBytes_FromStringAndSize(b.p, b.n))
-        finally:
-            free(b.p)
-        return out
+        for j in range(self.nspecs):
+            s = &self.specs[j]
+            if self.number(s, rec, &v) == 0:
+                if v < 256:
+                    self.tlv_prefix(b, s, T_U8)
+                    put_byte(b, <uint8_t>v)
+                elif v < 65536:
+                    self.tlv_prefix(b, s, T_U16)
+                    put_be(b, v, 2)
+                elif v < 4294967296:
+                    self.tlv_prefix(b, s, T_U32)
+                    put_be(b, v, 4)
+                else:
+                    self.tlv_prefix(b, s, T_U64)
+                    put_be(b, v, 8)
+            else:
+                n = self.text(s, rec, txt)
+                if n >= 0:
+                    self.tlv_prefix(b, s, T_STRING)
+                    put_be(b, n, 2)
+                    put(b, txt, n)
+        put(b, sfx, sfx_len)
 
-    # ---- JSON -------------------------------------------------------------------------
-    def json(self, cnp.ndarray records, bytes suffix=b""):
-        """One JSON object per flow record; ``suffix`` (',"k":v...' or empty) is added before
-        the closing brace."""
-        cdef Py_ssize_t i, nrec = records.shape[0], stride = records.dtype.itemsize
-        cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(records)
-        cdef const uint8_t* rec
-        cdef buf_t b
+    cdef inline void put_json(self, buf_t* b, const uint8_t* rec, const char* sfx,
+                       Py_ssize_t sfx_len) noexcept:
+        cdef int j, n
+        cdef uint64_t v
+        cdef char txt[80]
+        cdef spec_t* s
+        cdef bint first = True, quote
+        put_byte(b, 123)                           # '{'
+        for j in range(self.nspecs):
+            s = &self.specs[j]
+            if self.number(s, rec, &v) == 0:
+                n = utoa(v, txt)
+                quote = False
+            elif s.kind == K_BINS:
+                txt[0] = 91                        # '['
+                n = 1 + self.text(s, rec, txt + 1)
+                txt[n] = 93                        # ']'
+                n += 1
+                quote = False
+            else:
+                n = self.text(s, rec, txt)
+                if n < 0:
+                    continue
+                quote = True
+            if not first:
+                put_byte(b, 44)
+            first = False
+            put(b, s.json_key, s.json_len)
+            if quote:
+                put_byte(b, 34)
+            put(b, txt, n)
+            if quote:
+                put_byte(b, 34)
+        if sfx_len:
+            if first:
+                put(b, sfx + 1, sfx_len - 1)       # no leading comma in an empty object
+            else:
+                put(b, sfx, sfx_len)
+        put_byte(b, 125)                           # '}'
+
+    cdef inline void put_msgpack(self, buf_t* b, const uint8_t* rec, const char* sfx,
+                          Py_ssize_t sfx_len, int nsfx) noexcept:
+        cdef int j, n, k, count = nsfx
+        cdef uint64_t v
+        cdef char txt[80]
+        cdef spec_t* s
+        for j in range(self.nspecs):               # the map's size first
+            s = &self.specs[j]
+            if s.kind == K_ICMP:
+                count += rec[self.off_proto] == 1 or rec[self.off_proto] == 58
+            elif s.kind == K_IPV4 or s.kind == K_IPV6:
+                count += rec[self.off_ipver] == (4 if s.kind == K_IPV4 else 6)
+            elif s.kind == K_EXP_V4 or s.kind == K_EXP_V6:
+                count += rec[self.off_expver] == (4 if s.kind == K_EXP_V4 else 6)
+            else:
+                count += 1
+        mp_map_header(b, count)
+        for j in range(self.nspecs):
+            s = &self.specs[j]
+            if self.number(s, rec, &v) == 0:
+                put(b, s.mp_key, s.mp_len)
+                mp_uint(b, v)
+            elif s.kind == K_BINS:
+                put(b, s.mp_key, s.mp_len)
+                put_byte(b, 0x96)                  # an array of six
+                for k in range(6):
+                    mp_uint(b, (<const uint16_t*>(rec + s.off))[k])
+            else:
+                n = self.text(s, rec, txt)
+                if n >= 0:
+                    put(b, s.mp_key, s.mp_len)
+                    mp_str(b, txt, n)
+        put(b, sfx, sfx_len)
+
+    cdef inline void put_csv(self, buf_t* b, const uint8_t* rec) noexcept:
         cdef int j, n, k
         cdef uint64_t v
         cdef char txt[80]
         cdef spec_t* s
-        cdef bint first, quote
+        for j in range(self.nspecs):
+            s = &self.specs[j]
+            if j:
+                put_byte(b, 44)
+            if self.number(s, rec, &v) == 0:
+                put_uint_text(b, v)
+            elif s.kind == K_BINS:
+                for k in range(6):
+                    if k:
+                        put_byte(b, 32)
+                    put_uint_text(b, (<const uint16_t*>(rec + s.off))[k])
+            else:
+                n = self.text(s, rec, txt)
+                if n > 0:
+                    put(b, txt, n)
+        put_byte(b, 13)
+        put_byte(b, 10)
+
+    # ---- per record ---------------------------------------------------------------------
+    def tlv(self, cnp.ndarray records, bytes suffix=b"\x01"):
+        """One TLV record (items then ``suffix``, which ends with the end-of-record byte) per
+        flow record."""
+        return self._each(records, F_TLV, suffix, 0)
+
+    def json(self, cnp.ndarray records, bytes suffix=b""):
+        """One JSON object per flow record; ``suffix`` (',"k":v...' or empty) is added before
+        the closing brace."""
+        return self._each(records, F_JSON, suffix, 0)
+
+    def msgpack(self, cnp.ndarray records, bytes suffix=b"", int nsuffix=0):
+        """One msgpack map per flow record (names as keys); ``suffix`` holds ``nsuffix`` more
+        key/value pairs, already packed."""
+        return self._each(records, F_MSGPACK, suffix, nsuffix)
+
+    cdef inline void put_record(self, buf_t* b, int fmt, const uint8_t* rec, const char* sfx,
+                         Py_ssize_t sfx_len, int nsfx) noexcept:
+        if fmt == F_TLV:
+            self.put_tlv(b, rec, sfx, sfx_len)
+        elif fmt == F_JSON:
+            self.put_json(b, rec, sfx, sfx_len)
+        else:
+            self.put_msgpack(b, rec, sfx, sfx_len, nsfx)
+
+    def _each(self, cnp.ndarray records, int fmt, bytes suffix, int nsuffix):
+        cdef Py_ssize_t i, nrec = records.shape[0]
+        cdef const uint8_t* base = records_data(records)
+        cdef buf_t b
         cdef const char* sfx = suffix
         cdef Py_ssize_t sfx_len = len(suffix)
-        if not records.flags.c_contiguous:
-            records = np.ascontiguousarray(records)
-            base = <const uint8_t*>cnp.PyArray_DATA(records)
         b.p = NULL
         b.n = b.cap = 0
         out = []
         try:
             for i in range(nrec):
-                rec = base + i * stride
                 b.n = 0
-                grow(&b, self.nspecs * (72 + 70) + sfx_len + 4)
-                put_byte(&b, ord("{"))
-                first = True
-                for j in range(self.nspecs):
-                    s = &self.specs[j]
-                    if self.number(s, rec, &v) == 0:
-                        n = utoa(v, txt)
-                        quote = False
-                    elif s.kind == K_TUNNEL:
-                        t = self.tunnels[rec[s.off]]
-                        n = len(t)
-                        memcpy(txt, <const char*>t, n)
-                        quote = True
-                    elif s.kind == K_BINS:
-                        txt[0] = ord("[")
-                        n = 1 + self.text(s, rec, txt + 1)
-                        txt[n] = ord("]")
-                        n += 1
-                        quote = False
-                    else:
-                        n = self.text(s, rec, txt)
-                        if n < 0:
-                            continue
-                        quote = True
-                    if not first:
-                        put_byte(&b, ord(","))
-                    first = False
-                    put(&b, s.json_key, s.json_len)
-                    if quote:
-                        put_byte(&b, ord('"'))
-                    put(&b, txt, n)
-                    if quote:
-                        put_byte(&b, ord('"'))
-                if sfx_len:
-                    if first:
-                        put(&b, sfx + 1, sfx_len - 1)    # no leading comma in an empty object
-                    else:
-                        put(&b, sfx, sfx_len)
-                put_byte(&b, ord("}"))
+                grow(&b, self.room(sfx_len))
+                self.put_record(&b, fmt, base + i * self.stride, sfx, sfx_len, nsuffix)
                 out.append(PyBytes_FromStringAndSize(b.p, b.n))
         finally:
             free(b.p)
         return out
+
+    # ---- whole messages -----------------------------------------------------------------
+    def messages(self, cnp.ndarray records, int fmt, bytes suffix, int nsuffix,
+                 Py_ssize_t max_bytes, Py_ssize_t max_flows, bytes msgpack_head=b""):
+        """The records as message payloads: [(payload, flows)], each payload at most
+        ``max_bytes`` with its framing and ``max_flows`` flows (0: no limit), as
+        engine.export.encoders.FlowEncoder frames them (TLV: preamble 01 01 and the records;
+        JSON: an array; msgpack: ``msgpack_head``, the flows array and the maps)."""
+        cdef Py_ssize_t i, nrec = records.shape[0], start, flows = 0, over
+        cdef const uint8_t* base = records_data(records)
+        cdef buf_t b, m
+        cdef const char* sfx = suffix
+        cdef Py_ssize_t sfx_len = len(suffix)
+        cdef const char* mph = msgpack_head
+        cdef Py_ssize_t mph_len = len(msgpack_head)
+        b.p = m.p = NULL
+        b.n = b.cap = m.n = m.cap = 0
+        out = []
+        try:
+            i = 0
+            while i < nrec:
+                # records of one message go to b (one after the other), then framed into m
+                b.n = 0
+                flows = 0
+                while i < nrec:
+                    start = b.n
+                    grow(&b, self.room(sfx_len) + 1)
+                    if fmt == F_JSON and flows:
+                        put_byte(&b, 44)             # the comma between two objects
+                    self.put_record(&b, fmt, base + i * self.stride, sfx, sfx_len, nsuffix)
+                    over = 64 if fmt == F_MSGPACK else 2
+                    if flows and (b.n + over > max_bytes or (max_flows and flows >= max_flows)):
+                        b.n = start                  # it opens the next message
+                        break
+                    flows += 1
+                    i += 1
+                m.n = 0
+                grow(&m, b.n + mph_len + 16)
+                if fmt == F_TLV:
+                    put_byte(&m, 1)
+                    put_byte(&m, 1)
+                    put(&m, b.p, b.n)
+                elif fmt == F_JSON:
+                    put_byte(&m, 91)
+                    put(&m, b.p, b.n)
+                    put_byte(&m, 93)
+                else:
+                    put(&m, mph, mph_len)
+                    mp_array_header(&m, flows)
+                    put(&m, b.p, b.n)
+                out.append((PyBytes_FromStringAndSize(m.p, m.n), flows))
+        finally:
+            free(b.p)
+            free(m.p)
+        return out
+
+    # ---- dumps --------------------------------------------------------------------------
+    def json_lines(self, cnp.ndarray records):
+        """One JSON object a line (the dump's format), as one bytes object."""
+        return self._lines(records, True)
+
+    def csv_header(self):
+        cdef int j
+        parts = [(<bytes>self.specs[j].csv_name[:self.specs[j].csv_len])
+                 for j in range(self.nspecs)]
+        return b",".join(parts) + b"\r\n"
+
+    def csv_lines(self, cnp.ndarray records):
+        """CSV rows as Python's csv module writes them for the same values (six-bin vectors
+        joined by spaces, a field that does not apply empty, \r\n line ends)."""
+        return self._lines(records, False)
+
+    cdef bytes _lines(self, cnp.ndarray records, bint as_json):
+        cdef Py_ssize_t i, nrec = records.shape[0]
+        cdef const uint8_t* base = records_data(records)
+        cdef buf_t b
+        b.p = NULL
+        b.n = b.cap = 0
+        try:
+            for i in range(nrec):
+                grow(&b, self.room(0) + 2)
+                if as_json:
+                    self.put_json(&b, base + i * self.stride, "", 0)
+                    put_byte(&b, 10)
+                else:
+                    self.put_csv(&b, base + i * self.stride)
+            return PyBytes_FromStringAndSize(b.p, b.n)
+        finally:
+            free(b.p)
+
+
+# --- the text dump ----------------------------------------------------------------------------
+cdef struct text_cols_t:
+    int proto, ipver, src, dst, sport, dport, vlan, inp, inb, outp, outb, first, last
+    int plen, tdiff, ent_c, ent_s, tunnel
+
+
+cdef inline void put_endpoint(buf_t* b, const uint8_t* rec, int ipver_off, int addr_off,
+                              int port_off) noexcept:
+    cdef char txt[64]
+    cdef int n, i
+    cdef const uint8_t* a = rec + addr_off
+    if rec[ipver_off] == 6:
+        put_byte(b, 91)
+        inet_ntop(AF_INET6_, a, txt, 64)
+        n = 0
+        while txt[n]:
+            n += 1
+        put(b, txt, n)
+        put_byte(b, 93)
+    else:
+        for i in range(4):
+            put_uint_text(b, a[i])
+            if i < 3:
+                put_byte(b, 46)
+    put_byte(b, 58)
+    put_uint_text(b, (<const uint16_t*>(rec + port_off))[0])
+
+
+cdef inline void put_bins(buf_t* b, const uint8_t* q) noexcept:
+    cdef int k
+    for k in range(6):
+        if k:
+            put_byte(b, 44)
+        put_uint_text(b, (<const uint16_t*>q)[k])
+
+
+cdef inline void put_entropy(buf_t* b, uint16_t v) noexcept:
+    """v / 1000 to two decimals, rounded as Python's '%.2f' rounds the double v / 1000."""
+    b.n += snprintf(b.p + b.n, 16, "%.2f", v / 1000.0)
+
+
+def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
+    """The readable dump (engine.export.dump's reference twin): one line a flow,
+    'PROTO  client -> server [vlan N] [A pkts/B bytes <-> C pkts/D bytes] D.DDDs' and, when the
+    template has them, the features and the tunnel."""
+    from engine.export.dump import PROTO_NAMES
+    from engine.fields import TUNNELS
+    cdef text_cols_t c
+    cdef Py_ssize_t i, nrec = records.shape[0], stride = dtype.itemsize
+    cdef const uint8_t* base = records_data(records)
+    cdef const uint8_t* rec
+    cdef buf_t b
+    cdef int64_t dur
+    cdef int k, n
+    f = dtype.fields
+    c.proto, c.ipver = f["protocol"][1], f["ip_version"][1]
+    c.src, c.dst = f["src_addr"][1], f["dst_addr"][1]
+    c.sport, c.dport, c.vlan = f["src_port"][1], f["dst_port"][1], f["vlan"][1]
+    c.inp, c.inb = f["in_pkts"][1], f["in_bytes"][1]
+    c.outp, c.outb = f["out_pkts"][1], f["out_bytes"][1]
+    c.first, c.last = f["first_ms"][1], f["last_ms"][1]
+    c.plen, c.tdiff = f["seq_plen"][1], f["seq_tdiff"][1]
+    c.ent_c, c.ent_s, c.tunnel = f["entropy_c2s"][1], f["entropy_s2c"][1], f["tunnel"][1]
+    names = [f"{PROTO_NAMES.get(p, str(p)):<6} ".encode() for p in range(256)]
+    tunnels = [f" tunnel={t}".encode() for t in TUNNELS]
+    cdef bytes name
+    b.p = NULL
+    b.n = b.cap = 0
+    try:
+        for i in range(nrec):
+            rec = base + i * stride
+            grow(&b, 400)
+            name = <bytes>names[rec[c.proto]]
+            put(&b, <const char*>name, len(name))
+            put_endpoint(&b, rec, c.ipver, c.src, c.sport)
+            put(&b, " -> ", 4)
+            put_endpoint(&b, rec, c.ipver, c.dst, c.dport)
+            if (<const uint16_t*>(rec + c.vlan))[0]:
+                put(&b, " vlan ", 6)
+                put_uint_text(&b, (<const uint16_t*>(rec + c.vlan))[0])
+            put(&b, " [", 2)
+            put_uint_text(&b, (<const uint64_t*>(rec + c.inp))[0])
+            put(&b, " pkts/", 6)
+            put_uint_text(&b, (<const uint64_t*>(rec + c.inb))[0])
+            put(&b, " bytes <-> ", 11)
+            put_uint_text(&b, (<const uint64_t*>(rec + c.outp))[0])
+            put(&b, " pkts/", 6)
+            put_uint_text(&b, (<const uint64_t*>(rec + c.outb))[0])
+            put(&b, " bytes] ", 8)
+            dur = <int64_t>(<const uint64_t*>(rec + c.last))[0] - \
+                <int64_t>(<const uint64_t*>(rec + c.first))[0]
+            if dur < 0:
+                put_byte(&b, 45)
+                dur = -dur
+            put_uint_text(&b, <uint64_t>(dur // 1000))
+            put_byte(&b, 46)
+            put_byte(&b, <uint8_t>(48 + dur // 100 % 10))
+            put_byte(&b, <uint8_t>(48 + dur // 10 % 10))
+            put_byte(&b, <uint8_t>(48 + dur % 10))
+            put_byte(&b, 115)                      # 's'
+            if features:
+                put(&b, " plen=", 6)
+                put_bins(&b, rec + c.plen)
+                put(&b, " tdiff=", 7)
+                put_bins(&b, rec + c.tdiff)
+                put(&b, " entropy=", 9)
+                put_entropy(&b, (<const uint16_t*>(rec + c.ent_c))[0])
+                put_byte(&b, 47)
+                put_entropy(&b, (<const uint16_t*>(rec + c.ent_s))[0])
+            if tunnel and rec[c.tunnel]:
+                name = <bytes>tunnels[rec[c.tunnel]]
+                put(&b, <const char*>name, len(name))
+            put_byte(&b, 10)
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+cdef inline uint64_t clamp32(int64_t t) noexcept nogil:
+    """Milliseconds since the uptime base as a 32-bit field: 0 before it, the largest value
+    past it."""
+    if t < 0:
+        return 0
+    if t > <int64_t>0xFFFFFFFF:
+        return <uint64_t>0xFFFFFFFF
+    return <uint64_t>t
+
+
+# --- NetFlow v9 / IPFIX data records -----------------------------------------------------------
+ctypedef struct wire_t:
+    int kind
+    int off              # column offset in the record
+    int size             # bytes per element of the column
+    int length           # bytes on the wire
+    int time             # v9 FIRST/LAST_SWITCHED: uptime milliseconds from the base
+
+
+@cython.final
+cdef class WireEncoder:
+    """Flow records as NetFlow v9 / IPFIX data records of one template (big-endian, packed):
+    engine/export/netflow.py's numpy encoding (its reference twin) in one pass."""
+    cdef wire_t* specs
+    cdef int nspecs
+    cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags
+    cdef uint8_t end_reason_code[16]
+    cdef Py_ssize_t stride
+    cdef public Py_ssize_t rowsize
+
+    def __cinit__(self, fields, dtype):
+        """``fields``: (Field, wire length, uptime time?) of the template, in order."""
+        from engine.fields import END_REASON_IPFIX
+        cdef int i
+        cdef wire_t* s
+        self.nspecs = len(fields)
+        self.stride = dtype.itemsize
+        self.specs = <wire_t*>malloc(max(self.nspecs, 1) * sizeof(wire_t))
+        if self.specs == NULL:
+            raise MemoryError()
+        self.rowsize = 0
+        for i, (f, length, is_time) in enumerate(fields):
+            s = &self.specs[i]
+            s.kind = int(f.kind)
+            base = dtype.fields[f.column][0]
+            s.off = dtype.fields[f.column][1]
+            s.size = base.base.itemsize if base.shape else base.itemsize
+            s.length = length
+            s.time = bool(is_time)
+            self.rowsize += length
+        self.off_ipver = dtype.fields["ip_version"][1]
+        self.off_expver = dtype.fields["exporter_ip_version"][1]
+        self.off_proto = dtype.fields["protocol"][1]
+        self.off_cflags = dtype.fields["client_tcp_flags"][1]
+        self.off_sflags = dtype.fields["server_tcp_flags"][1]
+        for i, code in enumerate(END_REASON_IPFIX):
+            self.end_reason_code[i] = code
+
+    def __dealloc__(self):
+        free(self.specs)
+
+    def rows(self, cnp.ndarray records, int64_t base_ms):
+        """The data records of every flow, back to back (rowsize bytes each)."""
+        cdef Py_ssize_t i, nrec = records.shape[0]
+        cdef const uint8_t* base = records_data(records)
+        out = PyBytes_FromStringAndSize(NULL, nrec * self.rowsize)
+        cdef char* p = <char*>out
+        with nogil:
+            for i in range(nrec):
+                p = self.put_row(p, base + i * self.stride, base_ms)
+        return out
+
+    cdef inline char* put_row(self, char* p, const uint8_t* rec, int64_t base_ms) noexcept nogil:
+        cdef int j, k, n, width
+        cdef int64_t t
+        cdef uint64_t v, top
+        cdef wire_t* s
+        cdef const uint8_t* q
+        cdef bint applies, numeric
+        for j in range(self.nspecs):
+            s = &self.specs[j]
+            q = rec + s.off
+            n = s.length
+            numeric = True
+            applies = True
+            if s.time:
+                v = clamp32(<int64_t>read_uint(rec, s.off, s.size) - base_ms)
+            elif s.kind == K_UINT or s.kind == K_MS:
+                v = read_uint(rec, s.off, s.size)
+            elif s.kind == K_SEC:
+                v = <uint32_t>(read_uint(rec, s.off, s.size) // 1000)
+            elif s.kind == K_FLAGS_OR:
+                v = rec[self.off_cflags] | rec[self.off_sflags]
+            elif s.kind == K_ICMP:
+                applies = rec[self.off_proto] == 1 or rec[self.off_proto] == 58
+                v = read_uint(rec, s.off, s.size) if applies else 0
+            elif s.kind == K_END_REASON:
+                v = self.end_reason_code[rec[s.off] & 15]
+            else:
+                numeric = False
+                if s.kind == K_IPV4 or s.kind == K_IPV6:
+                    applies = rec[self.off_ipver] == (4 if s.kind == K_IPV4 else 6)
+                elif s.kind == K_EXP_V4 or s.kind == K_EXP_V6:
+                    applies = rec[self.off_expver] == (4 if s.kind == K_EXP_V4 else 6)
+            if numeric:
+                if n < 8:
+                    top = (<uint64_t>1 << (8 * n)) - 1
+                    if v > top:
+                        v = top                  # clipped (and counted by the exporter)
+                for k in range(n - 1, -1, -1):
+                    p[0] = <char>(v >> (8 * k))
+                    p += 1
+            elif applies:
+                memcpy(p, q, n)
+                p += n
+            else:
+                memset(p, 0, n)
+                p += n
+        return p
+
+
+def v5_rows(cnp.ndarray records, dtype, int64_t base_ms):
+    """NetFlow v5 records (48 bytes each) of IPv4 biflows: one per direction that has packets
+    (the forward record always), every forward record first, then the reverse ones, as
+    engine/export/netflow.py's reference builds them. Returns (bytes, number of records)."""
+    cdef Py_ssize_t i, nrec = records.shape[0], stride = dtype.itemsize, count = 0, nrev = 0
+    cdef const uint8_t* base = records_data(records)
+    cdef const uint8_t* rec
+    f = dtype.fields
+    cdef int o_src = f["src_addr"][1], o_dst = f["dst_addr"][1], o_in = f["input_snmp"][1]
+    cdef int o_out = f["output_snmp"][1], o_ip = f["in_pkts"][1], o_ib = f["in_bytes"][1]
+    cdef int o_op = f["out_pkts"][1], o_ob = f["out_bytes"][1], o_first = f["first_ms"][1]
+    cdef int o_last = f["last_ms"][1], o_sp = f["src_port"][1], o_dp = f["dst_port"][1]
+    cdef int o_cf = f["client_tcp_flags"][1], o_sf = f["server_tcp_flags"][1]
+    cdef int o_proto = f["protocol"][1], o_stos = f["src_tos"][1], o_dtos = f["dst_tos"][1]
+    cdef int o_icmp = f["icmp_type"][1]
+    for i in range(nrec):
+        if (<const uint64_t*>(base + i * stride + o_op))[0] > 0:
+            nrev += 1
+    out = PyBytes_FromStringAndSize(NULL, (nrec + nrev) * 48)
+    cdef char* p = <char*>out
+    cdef int direction
+    with nogil:
+        for direction in range(2):
+            for i in range(nrec):
+                rec = base + i * stride
+                if direction == 1 and (<const uint64_t*>(rec + o_op))[0] == 0:
+                    continue
+                p = put_v5(p, rec, direction == 0, base_ms, o_src, o_dst, o_in, o_out, o_ip,
+                           o_ib, o_op, o_ob, o_first, o_last, o_sp, o_dp, o_cf, o_sf, o_proto,
+                           o_stos, o_dtos, o_icmp)
+    return out, nrec + nrev
+
+
+cdef inline char* put_num(char* p, uint64_t v, int n) noexcept nogil:
+    cdef int k
+    for k in range(n - 1, -1, -1):
+        p[0] = <char>(v >> (8 * k))
+        p += 1
+    return p
+
+
+cdef inline uint64_t clip(uint64_t v, uint64_t top) noexcept nogil:
+    return top if v > top else v
+
+
+cdef inline uint64_t uptime(const uint8_t* rec, int off, int64_t base_ms) noexcept nogil:
+    return clamp32(<int64_t>(<const uint64_t*>(rec + off))[0] - base_ms)
+
+
+cdef char* put_v5(char* p, const uint8_t* rec, bint fwd, int64_t base_ms, int o_src, int o_dst,
+                  int o_in, int o_out, int o_ip, int o_ib, int o_op, int o_ob, int o_first,
+                  int o_last, int o_sp, int o_dp, int o_cf, int o_sf, int o_proto, int o_stos,
+                  int o_dtos, int o_icmp) noexcept nogil:
+    cdef bint icmp = rec[o_proto] == 1 or rec[o_proto] == 58
+    memcpy(p, rec + (o_src if fwd else o_dst), 4)
+    memcpy(p + 4, rec + (o_dst if fwd else o_src), 4)
+    memset(p + 8, 0, 4)                                          # next hop
+    p += 12
+    p = put_num(p, clip((<const uint32_t*>(rec + (o_in if fwd else o_out)))[0], 0xFFFF), 2)
+    p = put_num(p, clip((<const uint32_t*>(rec + (o_out if fwd else o_in)))[0], 0xFFFF), 2)
+    p = put_num(p, clip((<const uint64_t*>(rec + (o_ip if fwd else o_op)))[0], 0xFFFFFFFF), 4)
+    p = put_num(p, clip((<const uint64_t*>(rec + (o_ib if fwd else o_ob)))[0], 0xFFFFFFFF), 4)
+    p = put_num(p, uptime(rec, o_first, base_ms), 4)
+    p = put_num(p, uptime(rec, o_last, base_ms), 4)
+    if icmp:                          # v5 puts the ICMP type * 256 + code in the destination port
+        p = put_num(p, 0, 2)
+        p = put_num(p, (<const uint16_t*>(rec + o_icmp))[0], 2)
+    else:
+        p = put_num(p, (<const uint16_t*>(rec + (o_sp if fwd else o_dp)))[0], 2)
+        p = put_num(p, (<const uint16_t*>(rec + (o_dp if fwd else o_sp)))[0], 2)
+    p[0] = 0                                                     # pad1
+    p[1] = <char>rec[o_cf if fwd else o_sf]
+    p[2] = <char>rec[o_proto]
+    p[3] = <char>rec[o_stos if fwd else o_dtos]
+    memset(p + 4, 0, 8)                                          # AS, masks, pad2
+    return p + 12
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -393,9 +965,10 @@ cdef int WIDTH[16]
 WIDTH[:] = [0, 0, 1, 2, 4, 8, 1, 2, 4, 8, 4, -1, 0, 0, 0, 0]    # value bytes per type tag
 
 
-def decode_tlv(const uint8_t[::1] buf):
+def decode_tlv(const uint8_t[::1] buf, dict names=None):
     """TLV payload -> list of records ({key: value}), exactly as engine.export.tlv.decode (its
-    pure-Python reference, compared in the tests) but at C speed: for subscribers and tools."""
+    pure-Python reference, compared in the tests) but at C speed: for subscribers and tools.
+    ``names`` ({id: name}) replaces the numeric keys it knows."""
     from engine.export.tlv import TLVError
     cdef Py_ssize_t n = buf.shape[0], i = 2
     cdef const uint8_t* p = &buf[0] if n else NULL
@@ -425,6 +998,8 @@ def decode_tlv(const uint8_t[::1] buf):
                 raise TLVError("TLV item runs past the end of the payload")
             key = be(p + i, w)
             i += w
+            if names is not None:
+                key = names.get(key, key)
         elif kt == T_STRING:
             if i + 2 > n:
                 raise TLVError("TLV item runs past the end of the payload")

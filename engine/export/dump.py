@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import TextIO
+import json
+import os
+from typing import Optional, TextIO
 
 import numpy as np
 
@@ -25,57 +27,51 @@ def _endpoint(d: dict, side: str) -> str:
 
 class DumpExporter(Exporter):
     """Writes every finished flow to ``stream``: one line each (json: keys are the registry's
-    field names; csv: a header row first; text: a readable one-line summary)."""
+    field names; csv: a header row first; text: a readable one-line summary). The C encoder
+    writes them; ``reference_lines`` is its Python twin."""
 
     def __init__(self, stream: TextIO, fmt=DumpFormat.TEXT, names=DEFAULT_TEMPLATE):
+        from engine.export._encode import Encoder
         self.stream = stream
-        self.fmt = fmt = DumpFormat(fmt)
+        self.fmt = DumpFormat(fmt)
         self.names = tuple(names)
         self.flows = 0
-        self._csv_header = False
-        if fmt is DumpFormat.JSON:               # the C encoder, keys are the field names
-            from engine.export._encode import Encoder
-            fields = [BY_NAME[n] for n in self.names]
-            self._json = Encoder(fields, RECORD_DTYPE, [f.name for f in fields],
-                                 [f.name for f in fields])
+        self._header = self.fmt is DumpFormat.CSV
+        fields = [BY_NAME[n] for n in self.names]
+        self._c = Encoder(fields, RECORD_DTYPE, [f.name for f in fields], [f.name for f in fields])
+        try:
+            stream.flush()
+            self._fd: Optional[int] = stream.fileno()
+        except (AttributeError, OSError, ValueError):        # io.StringIO and the like
+            self._fd = None
+        self._features = "SEQ_PLEN" in self.names
+        self._tunnel = "TUNNEL_TYPE" in self.names
+
+    def lines(self, records: np.ndarray) -> bytes:
+        if self.fmt is DumpFormat.JSON:
+            return self._c.json_lines(records)
+        if self.fmt is DumpFormat.CSV:
+            return self._c.csv_lines(records)
+        from engine.export._encode import text_lines
+        return text_lines(records, RECORD_DTYPE, self._features, self._tunnel)
 
     def export(self, records: np.ndarray) -> None:
         if len(records) == 0:
             return
         self.flows += len(records)
-        if self.fmt is DumpFormat.JSON:
-            self.stream.write(b"\n".join(self._json.json(records)).decode() + "\n")
+        out = self.lines(np.ascontiguousarray(records))
+        if self._header:
+            out = self._c.csv_header() + out
+            self._header = False
+        if self._fd is None:
+            self.stream.write(out.decode())
             return
-        rows = records_to_dicts(records, self.names)
-        if self.fmt is DumpFormat.CSV:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=self.names, extrasaction="ignore")
-            if not self._csv_header:
-                w.writeheader()
-                self._csv_header = True
-            for r in rows:
-                w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
-                            for k, v in r.items()})
-            self.stream.write(buf.getvalue())
-        else:
-            self.stream.write("".join(self._text(r) + "\n" for r in rows))
-
-    @staticmethod
-    def _text(d: dict) -> str:
-        proto = PROTO_NAMES.get(d["PROTOCOL"], str(d["PROTOCOL"]))
-        vlan = f" vlan {d['SRC_VLAN']}" if d.get("SRC_VLAN") else ""
-        dur = (d["FLOW_END_MILLISECONDS"] - d["FLOW_START_MILLISECONDS"]) / 1000
-        line = (f"{proto:<6} {_endpoint(d, 'SRC')} -> {_endpoint(d, 'DST')}{vlan} "
-                f"[{d['IN_PKTS']} pkts/{d['IN_BYTES']} bytes <-> {d['OUT_PKTS']} pkts/"
-                f"{d['OUT_BYTES']} bytes] {dur:.3f}s")
-        if "SEQ_PLEN" in d:
-            line += (f" plen={','.join(map(str, d['SEQ_PLEN']))}"
-                     f" tdiff={','.join(map(str, d['SEQ_TDIFF']))}"
-                     f" entropy={d['ENTROPY_CLIENT_BYTES'] / 1000:.2f}/"
-                     f"{d['ENTROPY_SERVER_BYTES'] / 1000:.2f}")
-        if d.get("TUNNEL_TYPE", "none") != "none":
-            line += f" tunnel={d['TUNNEL_TYPE']}"
-        return line
+        # the file descriptor directly: a signal that interrupts a large write to a full pipe
+        # makes Python's buffered writer lose the part not yet written (CPython's io), while
+        # os.write reports what it wrote and is retried for the rest
+        view = memoryview(out)
+        while view:
+            view = view[os.write(self._fd, view):]
 
     def tick(self, stats) -> None:
         self.stream.flush()
@@ -85,3 +81,40 @@ class DumpExporter(Exporter):
 
     def stats(self) -> dict:
         return {"dumped_flows": self.flows}
+
+
+# --- the Python twin ---------------------------------------------------------------------------
+def reference_lines(fmt, records: np.ndarray, names=DEFAULT_TEMPLATE, header: bool = True) -> str:
+    """The dump of ``records`` as the pure-Python code writes it (the C encoder's reference)."""
+    fmt = DumpFormat(fmt)
+    names = tuple(names)
+    rows = records_to_dicts(records, names)
+    if fmt is DumpFormat.JSON:
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    if fmt is DumpFormat.CSV:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
+        if header:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
+                        for k, v in r.items()})
+        return buf.getvalue()
+    return "".join(_text(r) + "\n" for r in rows)
+
+
+def _text(d: dict) -> str:
+    proto = PROTO_NAMES.get(d["PROTOCOL"], str(d["PROTOCOL"]))
+    vlan = f" vlan {d['SRC_VLAN']}" if d.get("SRC_VLAN") else ""
+    dur = (d["FLOW_END_MILLISECONDS"] - d["FLOW_START_MILLISECONDS"]) / 1000
+    line = (f"{proto:<6} {_endpoint(d, 'SRC')} -> {_endpoint(d, 'DST')}{vlan} "
+            f"[{d['IN_PKTS']} pkts/{d['IN_BYTES']} bytes <-> {d['OUT_PKTS']} pkts/"
+            f"{d['OUT_BYTES']} bytes] {dur:.3f}s")
+    if "SEQ_PLEN" in d:
+        line += (f" plen={','.join(map(str, d['SEQ_PLEN']))}"
+                 f" tdiff={','.join(map(str, d['SEQ_TDIFF']))}"
+                 f" entropy={d['ENTROPY_CLIENT_BYTES'] / 1000:.2f}/"
+                 f"{d['ENTROPY_SERVER_BYTES'] / 1000:.2f}")
+    if d.get("TUNNEL_TYPE", "none") != "none":
+        line += f" tunnel={d['TUNNEL_TYPE']}"
+    return line

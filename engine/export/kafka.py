@@ -10,8 +10,8 @@ that is librdkafka).
   ``zstd`` (librdkafka's others). ``--kafka-conf PROP=VALUE`` sets any librdkafka property
   (``topic.`` prefixed ones as nProbe does).
 * Messages: one flow a message, as nProbe; with ``--kafka-enable-batch`` up to
-  ``--kafka-batch-len`` flows a message (and at most message.max.bytes), sent at the latest on the
-  next tick. Values: JSON (nProbe's field names, an object, or an array when batched), TLV (nDPI's
+  ``--kafka-batch-len`` flows a message (and at most message.max.bytes) from each delivery of the
+  run loop (thousands of flows, at least one a second). Values: JSON (nProbe's field names, an object, or an array when batched), TLV (nDPI's
   serialization, numeric keys, the preamble and one record per flow) or msgpack (the ZeroMQ
   export's ``flowprobe.flows`` map). Every flow message carries the Kafka header ``format`` =
   ``json``, ``tlv`` or ``msgpack``.
@@ -117,40 +117,6 @@ def producer_config(spec: KafkaSpec, conf: list[str]) -> dict:
     return out
 
 
-# --- batching -----------------------------------------------------------------------------------
-class Batches:
-    """Encoded flows gathered into messages, one pending message per partition: at most max_flows
-    flows and max_bytes bytes each (the encoder's framing included)."""
-
-    def __init__(self, encoder: FlowEncoder, max_flows: int, max_bytes: int, partitions: int):
-        self.encoder = encoder
-        self.max_flows = max_flows
-        self.max_bytes = max_bytes
-        self.pending: list[list[bytes]] = [[] for _ in range(max(partitions, 1))]
-        self.sizes = [0] * len(self.pending)
-
-    def add(self, values: list[bytes], parts: list[int]) -> list[tuple[int, list[bytes]]]:
-        """Adds flows; returns the messages that filled up, as (partition, encoded flows)."""
-        full = []
-        overhead = self.encoder.overhead
-        for v, p in zip(values, parts):
-            pend = self.pending[p]
-            if pend and (len(pend) >= self.max_flows or
-                         self.sizes[p] + len(v) + overhead(len(pend) + 1) > self.max_bytes):
-                full.append((p, pend))
-                pend = self.pending[p] = []
-                self.sizes[p] = 0
-            pend.append(v)
-            self.sizes[p] += len(v)
-        return full
-
-    def drain(self) -> list[tuple[int, list[bytes]]]:
-        out = [(p, pend) for p, pend in enumerate(self.pending) if pend]
-        self.pending = [[] for _ in self.pending]
-        self.sizes = [0] * len(self.pending)
-        return out
-
-
 # --- the exporter -------------------------------------------------------------------------------
 class _LibrdkafkaLog(logging.Handler):
     """librdkafka's own log lines (delivered by poll()) as flowprobe warnings, each text once.
@@ -212,8 +178,7 @@ class KafkaExporter(Exporter):
             raise FlowprobeError(_reason(e), status=2, setting="kafka.conf") from None
         max_bytes = int(config.get("message.max.bytes", 1000000))
         self.partitions = self._partitions() if batch_len > 1 else 0
-        self.batches = Batches(self.encoder, batch_len, max(max_bytes - BATCH_MARGIN, 1024),
-                               self.partitions)
+        self.max_bytes = max(max_bytes - BATCH_MARGIN, 1024)
         self._callbacks: dict[int, Callable] = {}
         self.produced = 0                # flows handed to librdkafka
         self.delivered = 0
@@ -342,26 +307,25 @@ class KafkaExporter(Exporter):
     def export(self, records: np.ndarray) -> None:
         if len(records) == 0:
             return
-        fmt = self.fmt
         hashes = flow_hash(records)
-        values = self.encoder.encode(records)
         topic = self.spec.topic
         if self.batch_len == 1:
             keys = hashes.astype(">u8").view("V8").tolist()
-            if fmt is not MessageFormat.JSON:       # TLV preamble, msgpack envelope
-                values = [self.encoder.payload([v]) for v in values]
+            if self.fmt is MessageFormat.JSON:           # one object, as nProbe sends it
+                values = self.encoder.encode(records)
+            else:                                       # TLV preamble, msgpack envelope
+                values = [p for p, _ in self.encoder.messages(records, self.max_bytes, 1)]
             for value, key in zip(values, keys):
                 self._produce(topic, value, key, 1)
         else:
-            parts = (hashes % np.uint64(self.partitions)).tolist() if self.partitions else \
-                [0] * len(values)
-            self._send_batches(self.batches.add(values, parts))
+            # a message holds flows of one partition (a flow's slices stay in one)
+            parts = hashes % np.uint64(max(self.partitions, 1))
+            for part in np.unique(parts).tolist():
+                group = records[parts == part]
+                for payload, n in self.encoder.messages(group, self.max_bytes, self.batch_len):
+                    self._produce(topic, payload, part.to_bytes(8, "big"), n,
+                                  part if self.partitions else -1)
         self.producer.poll(0)
-
-    def _send_batches(self, batches: list[tuple[int, list[bytes]]]) -> None:
-        for part, flows in batches:
-            self._produce(self.spec.topic, self.encoder.payload(flows), part.to_bytes(8, "big"),
-                          len(flows), part if self.partitions else -1)
 
     def send_stats(self, snap: Snapshot) -> None:
         if self.spec.stats_topic is None:
@@ -375,7 +339,6 @@ class KafkaExporter(Exporter):
 
     def tick(self, stats: Snapshot) -> None:
         self._last_snapshot = stats
-        self._send_batches(self.batches.drain())
         now = time.monotonic()
         if self.stats_interval > 0 and now - self._last_stats >= self.stats_interval:
             self._last_stats = now
@@ -385,7 +348,6 @@ class KafkaExporter(Exporter):
     def close(self) -> None:
         if self.final is not None:
             return
-        self._send_batches(self.batches.drain())
         if self._last_snapshot is not None:
             snap = self._last_snapshot
             self.send_stats(snap.replace(exporters={**snap.exporters, **self.stats()}))

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from engine.errors import FlowprobeError
-from engine.export.base import Exporter, MessageBatcher
+from engine.export.base import Exporter
 from engine.export.encoders import FlowEncoder
 from engine.export.templates import parse_template
 from engine.ntopng import FLAG_TLV, FLAG_ZLIB, MAX_FLOWS_PER_MESSAGE, MAX_PAYLOAD, header
@@ -88,7 +88,6 @@ class Endpoint:
         self.bytes = 0
         self.drops_queue_full = 0
         self.drops_no_subscriber = 0
-        self.batcher: Optional[MessageBatcher] = None      # set by the exporter
 
     def poll_subscriptions(self) -> None:
         s = self.sock
@@ -151,6 +150,7 @@ class ZMQExporter(Exporter):
         if self.fmt is not MessageFormat.MSGPACK:      # ntopng parses and counts these
             max_flows_per_message = min(max_flows_per_message or MAX_FLOWS_PER_MESSAGE,
                                         MAX_FLOWS_PER_MESSAGE)
+        self.max_flows = max_flows_per_message
         self.offline = offline
         self.probe_ip = _probe_ip()
         template = template or parse_template(None)
@@ -164,12 +164,8 @@ class ZMQExporter(Exporter):
         self.endpoints: list[Endpoint] = []
         try:
             for url in endpoints:
-                ep = Endpoint(self.ctx, url, probe_mode, curve_server_key, sndhwm, sndbuf,
-                              log=self.log)
-                ep.batcher = MessageBatcher(lambda flows, ep=ep: self._send_flows(ep, flows),
-                                            MAX_PAYLOAD, self.encoder.overhead,
-                                            max_flows_per_message)
-                self.endpoints.append(ep)
+                self.endpoints.append(Endpoint(self.ctx, url, probe_mode, curve_server_key,
+                                               sndhwm, sndbuf, log=self.log))
         except BaseException:
             for ep in self.endpoints:
                 ep.close()
@@ -257,9 +253,6 @@ class ZMQExporter(Exporter):
         ep.bytes += len(body)
         return True
 
-    def _send_flows(self, ep: Endpoint, flows: list) -> None:
-        flags = FLAG_TLV if self.fmt is MessageFormat.TLV else 0
-        self._send(ep, b"flow", self.encoder.payload(flows), flags, len(flows))
 
     def export(self, records: np.ndarray) -> None:
         if len(records) == 0:
@@ -281,14 +274,14 @@ class ZMQExporter(Exporter):
         else:
             h = flow_hash(records) % n_ep
             groups = [(ep, records[h == i]) for i, ep in enumerate(self.endpoints)]
+        flags = FLAG_TLV if self.fmt is MessageFormat.TLV else 0
         for ep, recs in groups:
             if len(recs):
-                ep.batcher.add(self.encoder.encode(recs))
+                for payload, n in self.encoder.messages(recs, MAX_PAYLOAD, self.max_flows):
+                    self._send(ep, b"flow", payload, flags, n)
 
     def tick(self, snap: Snapshot) -> None:
         self._last_snapshot = snap
-        for ep in self.endpoints:
-            ep.batcher.flush()
         now = time.monotonic()
         if self.stats_interval > 0 and now - self._last_stats >= self.stats_interval:
             self._last_stats = now
@@ -342,8 +335,6 @@ class ZMQExporter(Exporter):
     def close(self) -> None:
         if not self.endpoints:
             return
-        for ep in self.endpoints:
-            ep.batcher.flush()
         snap = self._last_snapshot or self.defaults
         snap = snap.replace(packets=max(snap.packets, self.seen_packets),
                             bytes=max(snap.bytes, self.seen_bytes))

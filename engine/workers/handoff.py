@@ -3,8 +3,8 @@ the parent binds on an ipc:// path in a private temporary directory.
 
 Messages are multipart `[kind, b"index:generation", payload]`:
   H hello (pickled {"pid", "core"}) once the capture is open;
-  R finished flows, the raw bytes of a RECORD_DTYPE array (gathered up to HANDOFF_FLOWS a message,
-    sent at the latest with the next S);
+  R finished flows, the raw bytes of a RECORD_DTYPE array (what the worker's run loop gathers:
+    up to engine.probe.DELIVERY_FLOWS a message, at least one a second);
   S the worker's statistics (its pickled engine.stats.Snapshot) about once a second;
   D done: (last Snapshot, warnings) pickled, after the worker flushed its table and delivered
     every flow;
@@ -23,9 +23,6 @@ from engine.export.base import Exporter
 
 HELLO, RECORDS, STATS, DONE, ERROR = b"H", b"R", b"S", b"D", b"E"
 SNDHWM = 64                  # messages queued per worker before send blocks (backpressure)
-HANDOFF_FLOWS = 4096         # flows per hand-off message (and at least one message a second): a
-                             # message per finished batch (~50 flows) cost the parent CPU that the
-                             # workers need when there is no spare core
 
 
 def ident(index: int, generation: int) -> bytes:
@@ -46,8 +43,6 @@ class HandOff(Exporter):
         self.probe = None
         self.parent = os.getppid()
         self.last = None                 # the last Snapshot sent
-        self.pending: list = []          # finished flows not yet sent (HANDOFF_FLOWS)
-        self.pending_flows = 0
 
     def send(self, kind: bytes, payload) -> None:
         import zmq
@@ -60,28 +55,17 @@ class HandOff(Exporter):
                     raise SystemExit(3)
 
     def export(self, records: np.ndarray) -> None:
+        # one message per delivery of the run loop (thousands of flows): a message per finished
+        # batch (~50 flows) cost the parent CPU that the workers need when no core is spare
         if len(records):
-            self.pending.append(records)
-            self.pending_flows += len(records)
-            if self.pending_flows >= HANDOFF_FLOWS:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        records = np.concatenate(self.pending) if len(self.pending) > 1 else \
-            np.ascontiguousarray(self.pending[0])
-        self.pending, self.pending_flows = [], 0
-        self.send(RECORDS, records.data)
+            self.send(RECORDS, np.ascontiguousarray(records).data)
 
     def tick(self, snap) -> None:
-        self._flush()
         self.last = snap.replace(exporters={})
         self.send(STATS, pickle.dumps(self.last))
         if os.getppid() != self.parent and self.probe is not None:
             self.probe.stop()            # the parent is gone: stop, nobody reads our flows
 
     def close(self) -> None:
-        self._flush()
         warnings = list(self.probe.warnings) if self.probe is not None else []
         self.send(DONE, pickle.dumps((self.last, warnings)))
