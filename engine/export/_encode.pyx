@@ -16,8 +16,6 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cdef extern from "arpa/inet.h" nogil:
-    const char* inet_ntop(int af, const void* src, char* dst, int size)
 
 cdef enum:
     AF_INET6_ = 10
@@ -86,6 +84,21 @@ cdef inline void put(buf_t* b, const void* src, Py_ssize_t n) noexcept:
 cdef inline void put_byte(buf_t* b, uint8_t v) noexcept:
     b.p[b.n] = <char>v
     b.n += 1
+
+
+cdef inline void put_be16(buf_t* b, uint16_t v) noexcept:
+    store_be16(b.p + b.n, v)
+    b.n += 2
+
+
+cdef inline void put_be32(buf_t* b, uint32_t v) noexcept:
+    store_be32(b.p + b.n, v)
+    b.n += 4
+
+
+cdef inline void put_be64(buf_t* b, uint64_t v) noexcept:
+    store_be64(b.p + b.n, v)
+    b.n += 8
 
 
 cdef const char* HEX = "0123456789abcdef"
@@ -242,8 +255,7 @@ cdef class Encoder:
 
     cdef void tlv_string(self, buf_t* b, spec_t* s, const char* t, int n) noexcept:
         self.tlv_prefix(b, s, T_STRING)
-        put_byte(b, <uint8_t>(n >> 8))
-        put_byte(b, <uint8_t>n)
+        put_be16(b, <uint16_t>n)
         put(b, t, n)
 
     def tlv(self, cnp.ndarray records, bytes suffix=b"\x01"):
@@ -253,7 +265,7 @@ cdef class Encoder:
         cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(records)
         cdef const uint8_t* rec
         cdef buf_t b
-        cdef int j, n, k
+        cdef int j, n
         cdef uint64_t v
         cdef char txt[64]
         cdef spec_t* s
@@ -278,16 +290,13 @@ cdef class Encoder:
                             put_byte(&b, <uint8_t>v)
                         elif v < 65536:
                             self.tlv_prefix(&b, s, T_U16)
-                            put_byte(&b, <uint8_t>(v >> 8))
-                            put_byte(&b, <uint8_t>v)
+                            put_be16(&b, <uint16_t>v)
                         elif v < 4294967296:
                             self.tlv_prefix(&b, s, T_U32)
-                            for k in range(3, -1, -1):
-                                put_byte(&b, <uint8_t>(v >> (8 * k)))
+                            put_be32(&b, <uint32_t>v)
                         else:
                             self.tlv_prefix(&b, s, T_U64)
-                            for k in range(7, -1, -1):
-                                put_byte(&b, <uint8_t>(v >> (8 * k)))
+                            put_be64(&b, v)
                     elif s.kind == K_TUNNEL:
                         t = self.tunnels[rec[s.off]]
                         self.tlv_string(&b, s, <const char*>t, len(t))
@@ -372,14 +381,6 @@ cdef class Encoder:
 
 
 # --- decoding ------------------------------------------------------------------------------
-cdef inline uint64_t be(const uint8_t* p, int n) noexcept:
-    cdef uint64_t v = 0
-    cdef int k
-    for k in range(n):
-        v = (v << 8) | p[k]
-    return v
-
-
 cdef int WIDTH[16]
 WIDTH[:] = [0, 0, 1, 2, 4, 8, 1, 2, 4, 8, 4, -1, 0, 0, 0, 0]    # value bytes per type tag
 
@@ -414,12 +415,12 @@ def decode_tlv(const uint8_t[::1] buf):
             w = WIDTH[kt]
             if i + w > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            key = be(p + i, w)
+            key = load_be(p + i, w)
             i += w
         elif kt == T_STRING:
             if i + 2 > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            ln = <Py_ssize_t>be(p + i, 2)
+            ln = <Py_ssize_t>load_be(p + i, 2)
             if i + 2 + ln > n:
                 raise TLVError("TLV item runs past the end of the payload")
             key = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
@@ -431,7 +432,7 @@ def decode_tlv(const uint8_t[::1] buf):
         if vt == T_STRING:
             if i + 2 > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            ln = <Py_ssize_t>be(p + i, 2)
+            ln = <Py_ssize_t>load_be(p + i, 2)
             if i + 2 + ln > n:
                 raise TLVError("TLV item runs past the end of the payload")
             val = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
@@ -440,7 +441,7 @@ def decode_tlv(const uint8_t[::1] buf):
             w = WIDTH[vt]
             if i + w > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            u = be(p + i, w)
+            u = load_be(p + i, w)
             i += w
             if vt <= T_U64:
                 val = u
