@@ -32,7 +32,7 @@ EXPLAINED = {"dns_fragmented.pcap", "fuzz-2006-06-26-2594.pcap", "sctp.cap",
 
 
 def compare(path):
-    from engine._fastpath import PcapReader
+    from engine._reader import PcapReader
     with PcapReader(str(path)) as r:
         linktype = r.linktype
     records, stats = run_fastpath(path)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 dpkt = pytest.importorskip("dpkt")
 
 from engine import reference as ref  # noqa: E402
-from engine._fastpath import META_DTYPE, FlowTable, PcapReader  # noqa: E402
+from engine._fastpath import META_DTYPE, FlowTable  # noqa: E402
+from engine._reader import PcapReader  # noqa: E402
 from engine.fields import COLUMNS  # noqa: E402
 
 # REFERENCE_EXAMPLES=5000 REFERENCE_RANDOM=1 for a longer, non-reproducible bug hunt

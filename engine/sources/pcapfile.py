@@ -6,7 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
-from engine._fastpath import META_DTYPE, PcapReader
+from engine._fastpath import META_DTYPE
+from engine._reader import PcapReader
 from engine.errors import FlowprobeError, os_error_message
 from engine.sources.base import Source
 
