@@ -618,7 +618,7 @@ cdef class FlowTable:
                 if self.out_n + 2 > self.out_cap:
                     return k
             cap = m.caplen
-            if <Py_ssize_t>m.offset + cap > buflen:
+            if m.offset > <uint64_t>buflen or cap > <uint64_t>buflen - m.offset:
                 r = R_TRUNCATED
                 p.ip_version = 0
             else:
