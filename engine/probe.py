@@ -87,9 +87,8 @@ class Probe:
                 else:
                     self._run_packets(src)
                 st = src.stats()
-                if st.get("truncated_file"):
-                    self.warnings.append(f"{src.name!r}: the file ends inside a packet record "
-                                         "(truncated capture); the packets before it were used")
+                if st.get("file_error"):
+                    self.warnings.append(f"{src.name!r}: {st['file_error']}")
                 self._finished_sources.append(st)
                 self._current = None
                 src.close()
@@ -171,6 +170,10 @@ class Probe:
         if self._current is not None:
             sources.append(self._current.stats())
         kernel_drops = sum(s.get("kernel_drops", 0) for s in sources)
+        file_errors: dict = {}
+        for s in sources:
+            for k, v in s.get("file_errors", {}).items():
+                file_errors[k] = file_errors.get(k, 0) + v
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0}
         for s in sources:
             for k, v in s.get("collector_drops", {}).items():
@@ -187,6 +190,7 @@ class Probe:
             "decoded": st["decoded"],
             "drops": st["drops"],
             "kernel_drops": kernel_drops,
+            "file_errors": file_errors,
             "fragments": st["fragments"],
             "flows_created": st["flows_created"],
             "active_flows": st["active_flows"],
@@ -218,12 +222,24 @@ class Probe:
         return summary_line(self.snapshot(), time.time() - self.started, self._collector_text())
 
 
+def file_errors_of_workers(snaps: list[dict]) -> dict:
+    """The capture files that ended early, of workers that each read every file (-g): counted
+    once, not once a worker."""
+    out: dict = {}
+    for s in snaps:
+        for k, v in (s.get("file_errors") or {}).items():
+            out[k] = max(out.get(k, 0), v)
+    return out
+
+
 # --- the lines -b and the end of a run print (one process or -g workers alike) -----------------
 def drops_text(snap: dict) -> str:
     """Every non-zero drop counter of a snapshot: decode reasons, kernel, exporters, lost flows."""
     drops = {k: v for k, v in snap["drops"].items() if v}
     if snap["kernel_drops"]:
         drops["kernel"] = snap["kernel_drops"]
+    for k, v in snap.get("file_errors", {}).items():         # capture files that ended early
+        drops[f"file_{k}"] = v
     for k, v in snap["exporters"].items():
         if "drop" in k and v:
             drops[k] = v

@@ -52,7 +52,7 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import FlowprobeError
-from engine.probe import status_line, summary_line
+from engine.probe import file_errors_of_workers, status_line, summary_line
 
 DRAIN_WAIT_S = 15.0          # SIGINT/SIGTERM: how long the parent waits for every worker's flows
 EXIT_GRACE_S = 2.0           # a worker that exited 0 without D: dead once no message came this long
@@ -639,6 +639,7 @@ class Supervisor:
             "decoded": st["decoded"],
             "drops": st["drops"],
             "kernel_drops": st["kernel_drops"],
+            "file_errors": file_errors_of_workers(self._retired + [w.last for w in self.workers]),
             "fragments": st["fragments"],
             "flows_created": st["flows_created"],
             "active_flows": st["active_flows"],

@@ -13,12 +13,14 @@
 #define FP_BIG64(x) (x)
 #define FP_LITTLE16(x) __builtin_bswap16(x)
 #define FP_LITTLE32(x) __builtin_bswap32(x)
+#define FP_LITTLE64(x) __builtin_bswap64(x)
 #else
 #define FP_BIG16(x) __builtin_bswap16(x)
 #define FP_BIG32(x) __builtin_bswap32(x)
 #define FP_BIG64(x) __builtin_bswap64(x)
 #define FP_LITTLE16(x) (x)
 #define FP_LITTLE32(x) (x)
+#define FP_LITTLE64(x) (x)
 #endif
 
 static inline uint16_t load_be16(const void *p) { uint16_t v; memcpy(&v, p, 2); return FP_BIG16(v); }
@@ -26,6 +28,7 @@ static inline uint32_t load_be32(const void *p) { uint32_t v; memcpy(&v, p, 4); 
 static inline uint64_t load_be64(const void *p) { uint64_t v; memcpy(&v, p, 8); return FP_BIG64(v); }
 static inline uint16_t load_le16(const void *p) { uint16_t v; memcpy(&v, p, 2); return FP_LITTLE16(v); }
 static inline uint32_t load_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return FP_LITTLE32(v); }
+static inline uint64_t load_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return FP_LITTLE64(v); }
 
 /* n (0..8) big-endian bytes as an unsigned integer */
 static inline uint64_t load_be(const void *p, int n)

@@ -8,6 +8,7 @@ cdef extern from "hton.h" nogil:
     uint64_t load_be64(const void* p) noexcept
     uint16_t load_le16(const void* p) noexcept
     uint32_t load_le32(const void* p) noexcept
+    uint64_t load_le64(const void* p) noexcept
     uint64_t load_be(const void* p, int n) noexcept
     void store_be16(void* p, uint16_t v) noexcept
     void store_be32(void* p, uint32_t v) noexcept
