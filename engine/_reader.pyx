@@ -3,9 +3,9 @@
 
 Every record and block is walked through the bounds-checked cursor, and its lengths are checked
 before anything in it is read: a length that cannot be right ends the file with a named reason
-(``end_reason``, ``end_detail``), the packets before it kept. The walk runs without the GIL and
-looks at signals every BUDGET records, so a long run of blocks that carry no packet delays a
-signal handler by a few milliseconds at most.
+(``end_reason``, ``end_detail``), the packets before it kept. The walk runs without the GIL; a
+pcapng walk looks at signals every BUDGET blocks, so a long run of blocks that carry no packet
+delays a signal handler by a few milliseconds at most.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport realloc, free
@@ -76,6 +76,10 @@ cdef inline uint64_t pad4(uint64_t n) noexcept nogil:
     return (n + 3) & ~(<uint64_t>3)
 
 
+cdef inline uint32_t rd32(const uint8_t* p, bint swapped) noexcept nogil:
+    return load_be32(p) if swapped else load_le32(p)
+
+
 cdef inline uint32_t u32(const reader_t* r, const uint8_t* p) noexcept nogil:
     return load_be32(p) if r.swapped else load_le32(p)
 
@@ -110,25 +114,26 @@ cdef inline int fail(reader_t* r, const uint8_t* at, int code, uint64_t a, uint6
 
 # ---- pcap ------------------------------------------------------------------------------------
 cdef Py_ssize_t walk_pcap(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcept nogil:
-    """Up to ``want`` packet records into m, at most BUDGET records; sets r.end at the end."""
+    """Up to ``want`` packet records into m (every record is a packet, so the walk is as long
+    as the batch); sets r.end at the end."""
     cdef cursor_t c = cur_init(r.base + r.pos, r.size - r.pos)
     cdef const uint8_t* h
+    cdef const uint8_t* base = r.base       # locals: the stores into m could alias *r
+    cdef bint sw = r.swapped
+    cdef bint maybe_swapped = r.lengths_swapped == 1
+    cdef size_t incl_at = 12 if r.lengths_swapped == 2 else 8
+    cdef uint64_t frac_ns = 1000000000 // r.pcap_iface.units
+    cdef uint32_t linktype = r.pcap_iface.linktype
     cdef uint32_t incl, orig
-    cdef uint32_t budget = BUDGET
     cdef Py_ssize_t n = 0
-    cdef const iface_t* f = &r.pcap_iface
-    while n < want and budget > 0:
-        budget -= 1
-        if c.n == 0:
-            r.end = AT_END
-            break
+    while n < want:
         h = cur_peek(&c, 16)
         if h == NULL:
-            r.end = fail(r, c.p, E_TRUNCATED, 0, 0)
+            r.end = AT_END if c.n == 0 else fail(r, c.p, E_TRUNCATED, 0, 0)
             break
-        incl = u32(r, h + 8)
-        orig = u32(r, h + 12)
-        if r.lengths_swapped == 2 or (r.lengths_swapped == 1 and incl > orig):
+        incl = rd32(h + incl_at, sw)
+        orig = rd32(h + (20 - incl_at), sw)
+        if maybe_swapped and incl > orig:
             incl, orig = orig, incl
         if incl > MAX_CAPLEN:
             r.end = fail(r, h, E_RECORD_CAPLEN, incl, 0)
@@ -136,14 +141,14 @@ cdef Py_ssize_t walk_pcap(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcept 
         if not cur_skip(&c, 16 + <size_t>incl):
             r.end = fail(r, h, E_TRUNCATED, 0, 0)
             break
-        m[n].ts_ns = (<uint64_t>u32(r, h)) * 1000000000 + scale_ts(u32(r, h + 4), f)
-        m[n].offset = <uint64_t>(h + 16 - r.base)
+        m[n].ts_ns = <uint64_t>rd32(h, sw) * 1000000000 + <uint64_t>rd32(h + 4, sw) * frac_ns
+        m[n].offset = <uint64_t>(h + 16 - base)
         m[n].caplen = incl
         m[n].wirelen = orig if orig >= incl else incl
-        m[n].linktype = f.linktype
+        m[n].linktype = linktype
         m[n].reserved = 0
         n += 1
-    r.pos = <size_t>(c.p - r.base)
+    r.pos = <size_t>(c.p - base)
     return n
 
 
