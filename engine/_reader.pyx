@@ -251,7 +251,8 @@ cdef Py_ssize_t walk_pcapng(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcep
     """Up to ``want`` packets into m, at most BUDGET blocks; sets r.end at the end."""
     cdef cursor_t c = cur_init(r.base + r.pos, r.size - r.pos)
     cdef const uint8_t* b
-    cdef uint32_t btype, blen, ifid, incl, orig
+    cdef uint32_t btype, blen, ifid, incl, orig, data_at
+    cdef uint64_t ts
     cdef uint32_t budget = BUDGET
     cdef Py_ssize_t n = 0
     cdef const iface_t* f
@@ -268,14 +269,8 @@ cdef Py_ssize_t walk_pcapng(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcep
             f = &r.ifaces[ifid]
             incl = u32(r, b + 20)
             orig = u32(r, b + 24)
-            if incl > MAX_CAPLEN:
-                r.end = fail(r, b, E_PACKET_CAPLEN, incl, 0)
-                break
-            if MIN_EPB + pad4(incl) > blen:
-                r.end = fail(r, b, E_PACKET_DATA, incl, blen)
-                break
-            m[n].ts_ns = scale_ts(((<uint64_t>u32(r, b + 12)) << 32) | u32(r, b + 16), f)
-            m[n].offset = <uint64_t>(b + 28 - r.base)
+            data_at = 28
+            ts = scale_ts(((<uint64_t>u32(r, b + 12)) << 32) | u32(r, b + 16), f)
         elif btype == SPB:                       # no timestamp; interface 0, its snap length
             if r.if_count == 0:
                 r.end = fail(r, b, E_INTERFACE, 0, 0)
@@ -283,14 +278,8 @@ cdef Py_ssize_t walk_pcapng(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcep
             f = &r.ifaces[0]
             orig = u32(r, b + 8)
             incl = orig if f.snaplen == 0 or orig <= f.snaplen else f.snaplen
-            if incl > MAX_CAPLEN:
-                r.end = fail(r, b, E_PACKET_CAPLEN, incl, 0)
-                break
-            if MIN_SPB + pad4(incl) > blen:
-                r.end = fail(r, b, E_PACKET_DATA, incl, blen)
-                break
-            m[n].ts_ns = 0
-            m[n].offset = <uint64_t>(b + 12 - r.base)
+            data_at = 12
+            ts = 0
         else:
             if btype == SHB:
                 r.if_count = 0                   # a section describes its own interfaces
@@ -299,6 +288,14 @@ cdef Py_ssize_t walk_pcapng(reader_t* r, pkt_meta_t* m, Py_ssize_t want) noexcep
                 if r.end != GO_ON:
                     break
             continue                             # other blocks carry no packet
+        if incl > MAX_CAPLEN:
+            r.end = fail(r, b, E_PACKET_CAPLEN, incl, 0)
+            break
+        if data_at + pad4(incl) + 4 > blen:      # the data, padded, then the trailing length
+            r.end = fail(r, b, E_PACKET_DATA, incl, blen)
+            break
+        m[n].ts_ns = ts
+        m[n].offset = <uint64_t>(b + data_at - r.base)
         m[n].caplen = incl
         m[n].wirelen = orig if orig >= incl else incl
         m[n].linktype = f.linktype

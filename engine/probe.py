@@ -170,14 +170,13 @@ class Probe:
         if self._current is not None:
             sources.append(self._current.stats())
         kernel_drops = sum(s.get("kernel_drops", 0) for s in sources)
-        file_errors: dict = {}
-        for s in sources:
-            for k, v in s.get("file_errors", {}).items():
-                file_errors[k] = file_errors.get(k, 0) + v
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0}
+        file_errors: dict = {}                  # capture files that ended early, by reason
         for s in sources:
             for k, v in s.get("collector_drops", {}).items():
                 collector_drops[k] = collector_drops.get(k, 0) + v
+            for k, v in s.get("file_errors", {}).items():
+                file_errors[k] = file_errors.get(k, 0) + v
         self._source_stats = sources
         exporters = {}
         for e in self.exporters:

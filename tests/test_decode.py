@@ -2,6 +2,7 @@
 against the pure-Python reference decoder: the same reason for every frame, and for a decoded
 frame the same flow key, payload and lengths. The flow-level comparisons in test_reference.py
 check the same code inside the fast path; this one names the first field that differs."""
+import pytest
 from hypothesis import given, strategies as st
 
 import engine.reference as ref
@@ -45,6 +46,7 @@ def test_generated_traffic_decodes_as_the_reference(packets):
     assert_same_decode([(f, lt, ts // 1000) for ts, f, _, lt in packets])
 
 
+@pytest.mark.skipif(not FRAME_POOL, reason="no development captures to take frames from")
 @SETTINGS
 @given(st.lists(mutated_capture_frames(), min_size=1, max_size=8) if FRAME_POOL else st.just([]))
 def test_mutated_capture_frames_decode_as_the_reference(frames):
