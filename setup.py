@@ -9,13 +9,17 @@ from setuptools import Extension, setup
 
 COMPILE_ARGS = ["-O3", "-fno-strict-aliasing"]
 
+OPTIONS = dict(include_dirs=[numpy.get_include(), "engine/includes"],
+               extra_compile_args=COMPILE_ARGS,
+               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+
+# the data plane: the flow table (with the decoders of _decode.pxd inlined), the capture reader,
+# the decoders alone for the tests, and the per-flow encoders
 extensions = [
-    Extension("engine._fastpath", ["engine/_fastpath.pyx"],
-              include_dirs=[numpy.get_include()], extra_compile_args=COMPILE_ARGS,
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
-    Extension("engine.export._encode", ["engine/export/_encode.pyx"],
-              include_dirs=[numpy.get_include()], extra_compile_args=COMPILE_ARGS,
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
+    Extension("engine._fastpath", ["engine/_fastpath.pyx"], **OPTIONS),
+    Extension("engine._reader", ["engine/_reader.pyx"], **OPTIONS),
+    Extension("engine._decode", ["engine/_decode.pyx"], **OPTIONS),
+    Extension("engine.export._encode", ["engine/export/_encode.pyx"], **OPTIONS),
 ]
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bindings"))

@@ -105,7 +105,8 @@ def _status() -> dict:
 def _load_all(path: str):
     import numpy as np
     from engine import _fastpath as fp
-    reader = fp.PcapReader(path)
+    from engine._reader import PcapReader
+    reader = PcapReader(path)
     batch = np.zeros(1 << 16, dtype=fp.META_DTYPE)
     parts = []
     while True:
@@ -147,7 +148,8 @@ def worker_fastpath(path: str, features: bool) -> dict:
 def worker_memory(path: str, features: bool, max_flows: int) -> dict:
     import numpy as np
     from engine import _fastpath as fp
-    reader = fp.PcapReader(path)
+    from engine._reader import PcapReader
+    reader = PcapReader(path)
     buf = reader.buffer
     int(np.frombuffer(buf, dtype=np.uint8)[::4096].sum())        # file pages into the baseline
     batch = np.zeros(1 << 16, dtype=fp.META_DTYPE)
@@ -357,7 +359,8 @@ def run(args) -> int:
     if n_packets is None:                  # count them
         import numpy as np
         from engine import _fastpath as fp
-        r = fp.PcapReader(str(pcap))
+        from engine._reader import PcapReader
+        r = PcapReader(str(pcap))
         b = np.zeros(1 << 16, dtype=fp.META_DTYPE)
         n_packets = 0
         while (k := r.next_batch(b)):

@@ -1,5 +1,8 @@
-# C structs shared by the fast path and any Cython module that reads its records or batches.
+# The flow table: its C structs and its class, and the two structs shared with the other modules
+# (flow_record_t is what the exporters read, pkt_meta_t what the sources fill).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from engine._decode cimport R_COUNT, decoder_t, pkt_t
 
 # One finished flow (or flow slice). Same order and types as engine.fields.COLUMNS; the import of
 # engine._fastpath checks the numpy dtype against sizeof/offsetof of this struct.
@@ -52,3 +55,99 @@ ctypedef struct pkt_meta_t:
     uint32_t wirelen
     uint32_t linktype
     uint32_t reserved
+
+ctypedef struct flow_t:
+    uint8_t a_addr[16]           # client
+    uint8_t b_addr[16]           # server
+    uint64_t first_us
+    uint64_t last_us
+    uint64_t bytes[2]
+    uint32_t pkts[2]
+    uint32_t frags[2]
+    uint32_t hash
+    uint32_t prev
+    uint32_t next
+    uint16_t a_port
+    uint16_t b_port
+    uint16_t vlan
+    uint16_t outer_vlan
+    uint16_t icmp_type
+    uint8_t flags[2]
+    uint8_t tos[2]
+    uint8_t smac[6]
+    uint8_t dmac[6]
+    uint8_t proto
+    uint8_t ip_version
+    uint8_t tunnel
+    uint8_t fin                  # bit 0: client sent FIN, bit 1: server sent FIN
+    uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
+    uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
+    uint8_t window_open
+
+ctypedef struct feat_t:
+    uint64_t last_us[3]          # last window packet: any direction, client, server
+    uint16_t plen[18]            # 3 x 6 bins: both, client, server
+    uint16_t tdiff[18]
+    uint32_t hist                # entropy histogram slot, NONE32 when none
+    uint16_t window              # packets counted in the window (0..256)
+    uint16_t entropy[2]
+    uint8_t seen[2]              # a window packet of this direction was seen
+
+ctypedef struct stats_t:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t reasons[R_COUNT]
+    uint64_t flows_created
+    uint64_t flows_exported
+    uint64_t exported_by_reason[5]
+    uint64_t active_flows
+    uint64_t pool_exhausted
+    uint64_t other_shard         # packets left to the other workers of a sharded run
+
+
+cdef class FlowTable:
+    cdef flow_t* flows
+    cdef feat_t* feats
+    cdef uint32_t* slots             # hash table: flow index or NONE32
+    cdef uint32_t mask
+    cdef uint32_t capacity
+    cdef uint32_t free_head          # free list through flow.next
+    cdef uint32_t never_used         # slots from here on have never held a flow
+    cdef uint32_t lru_head, lru_tail       # open flows, least recently seen first
+    cdef uint32_t cl_head, cl_tail         # closed (FIN/RST) flows awaiting their linger
+    cdef decoder_t dec
+    cdef uint32_t** pool_chunks
+    cdef uint32_t pool_nchunks
+    cdef uint32_t pool_free
+    cdef uint32_t pool_next
+    cdef stats_t st
+    cdef public uint64_t idle_us
+    cdef public uint64_t lifetime_us
+    cdef public uint64_t linger_us
+    cdef readonly bint features
+    cdef readonly uint32_t shard_index
+    cdef readonly uint32_t shard_count
+    cdef object out_array
+    cdef flow_record_t* out
+    cdef uint32_t out_n
+    cdef uint32_t out_cap
+    cdef uint64_t now_us
+
+    cdef void unlink(self, uint32_t i) noexcept nogil
+    cdef void append(self, uint32_t i) noexcept nogil
+    cdef uint32_t pool_get(self) noexcept nogil
+    cdef uint32_t* hist(self, uint32_t s) noexcept nogil
+    cdef void close_window(self, feat_t* ft) noexcept nogil
+    cdef uint32_t find(self, pkt_t* p, uint32_t h, int* direction) noexcept nogil
+    cdef void remove_slot(self, uint32_t i) noexcept nogil
+    cdef void emit(self, uint32_t i, uint8_t reason) noexcept nogil
+    cdef void release(self, uint32_t i) noexcept nogil
+    cdef void expire_flow(self, uint32_t i, uint8_t reason) noexcept nogil
+    cdef void prefetch_histograms(self, uint32_t i) noexcept nogil
+    cdef void expire_due(self, uint64_t now) noexcept nogil
+    cdef uint32_t create(self, pkt_t* p, uint32_t h, int* direction) noexcept nogil
+    cdef void reset_counters(self, flow_t* f, uint64_t ts) noexcept nogil
+    cdef void features_update(self, uint32_t i, flow_t* f, pkt_t* p, int d) noexcept nogil
+    cdef int account(self, pkt_t* p) noexcept nogil
+    cdef Py_ssize_t run(self, const uint8_t* buf, Py_ssize_t buflen, pkt_meta_t* meta,
+                        Py_ssize_t start, Py_ssize_t end) noexcept nogil

@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The data plane: decode packets, keep flows, compute behaviour features, read pcap files.
+"""The flow table: account decoded packets to flows, compute behaviour features, expire flows.
 
-Everything per packet runs with the GIL released; Python is crossed once per batch. Every read of
-packet bytes goes through a length check first: a short or malformed packet becomes a counted
-reason, never an exception. See docs/DESIGN.md for the semantics (keys, expiry, features).
+Everything per packet runs with the GIL released; Python is crossed once per batch. The decoders
+(engine/_decode.pxd) read packet bytes through a bounds-checked cursor: a short or malformed
+packet becomes a counted reason, never an exception. See docs/DESIGN.md for the semantics (keys,
+expiry, features).
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT32_MAX as NONE32
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from libc.math cimport log2
@@ -13,29 +14,14 @@ from libc.math cimport log2
 import numpy as np
 cimport numpy as cnp
 
-from engine._fastpath cimport flow_record_t, pkt_meta_t
+from engine._decode cimport (R_OK, R_TRUNCATED, R_TABLE_FULL, R_IP_LENGTH, R_COUNT, FRAG_SLOTS,
+                             frag_t, pkt_t, decode_packet)
+from engine._hash cimport mix64, side_hash, key_hash
+from engine.includes.compiler cimport prefetch
+
+from engine._decode import REASONS
 
 cnp.import_array()
-
-# --- reasons a packet is not (fully) accounted, in the order of REASONS ----------------------
-cdef enum:
-    R_OK = 0
-    R_TRUNCATED
-    R_BAD_IPV4
-    R_BAD_IPV6
-    R_BAD_L4
-    R_BAD_TUNNEL
-    R_NON_IP
-    R_UNSUPPORTED_LINK
-    R_ORPHAN_FRAGMENT
-    R_TUNNEL_DEPTH
-    R_TABLE_FULL
-    R_IP_LENGTH
-    R_COUNT
-
-REASONS = ("ok", "truncated", "bad_ipv4_header", "bad_ipv6_header", "bad_l4_header",
-           "bad_tunnel_header", "non_ip", "unsupported_link_type", "fragment_without_first",
-           "tunnel_too_deep", "flow_table_full", "ip_length_exceeds_frame")
 
 cdef enum:
     END_IDLE = 0
@@ -45,685 +31,12 @@ cdef enum:
     END_END
 
 cdef enum:
-    TUN_NONE = 0
-    TUN_GRE
-    TUN_IPIP
-    TUN_GTPU
-    TUN_VXLAN
-    TUN_TZSP
-    TUN_CAPWAP
-    TUN_ERSPAN
-
-# link types (pcap LINKTYPE_ values)
-cdef enum:
-    LT_NULL = 0
-    LT_ETHERNET = 1
-    LT_PPP = 9
-    LT_RAW = 101
-    LT_C_HDLC = 104
-    LT_LOOP = 108
-    LT_LINUX_SLL = 113
-    LT_IPV4 = 228
-    LT_IPV6 = 229
-    LT_LINUX_SLL2 = 276
-
-cdef extern from *:
-    """
-    #define FP_NONE32 0xFFFFFFFFu
-    """
-    const uint32_t NONE32 "FP_NONE32"    # no flow / empty slot / no histogram
-    void prefetch "__builtin_prefetch"(const void* p) noexcept nogil
-
-cdef enum:
-    MAX_TUNNEL_DEPTH = 4
     WINDOW = 256                         # behaviour-feature window, packets
-    FRAG_SLOTS = 4096                    # fragment cache entries (power of two)
-    FRAG_TTL_US = 30000000
     POOL_CHUNK = 1024                    # entropy histograms allocated per chunk
     TH_FIN = 0x01
     TH_SYN = 0x02
     TH_RST = 0x04
     TH_ACK = 0x10
-
-# --- decoded packet ----------------------------------------------------------------------------
-ctypedef struct pkt_t:
-    uint64_t ts_us
-    const uint8_t* payload       # captured L4 payload
-    uint32_t payload_cap         # captured payload bytes at payload
-    uint32_t payload_len         # payload length from the IP/L4 lengths
-    uint32_t ip_bytes            # IP-layer bytes: wire length minus the link-layer header
-    uint16_t sport
-    uint16_t dport
-    uint16_t vlan
-    uint16_t outer_vlan
-    uint16_t icmp_type
-    uint8_t src[16]
-    uint8_t dst[16]
-    uint8_t smac[6]
-    uint8_t dmac[6]
-    uint8_t ip_version
-    uint8_t proto
-    uint8_t tcp_flags
-    uint8_t tos
-    uint8_t tunnel
-    uint8_t is_frag
-    uint8_t have_mac
-    uint8_t vlans_seen
-    uint32_t outer_ip_len        # total length the outermost IP header claims
-    uint32_t l2_len              # bytes before the outermost IP header: the link-layer header
-    const uint8_t* frame         # start of the frame, to measure l2_len
-
-# First fragment's flow key, so that later fragments of the same datagram reach the same flow.
-ctypedef struct frag_t:
-    uint8_t src[16]
-    uint8_t dst[16]
-    uint32_t ident
-    uint8_t proto
-    uint8_t ip_version
-    uint8_t used
-    # the flow key the first fragment decoded to (inner, when tunnelled)
-    uint8_t k_src[16]
-    uint8_t k_dst[16]
-    uint16_t k_sport
-    uint16_t k_dport
-    uint16_t k_icmp
-    uint8_t k_proto
-    uint8_t k_ip_version
-    uint8_t k_tunnel
-    uint64_t ts_us
-
-ctypedef struct flow_t:
-    uint8_t a_addr[16]           # client
-    uint8_t b_addr[16]           # server
-    uint64_t first_us
-    uint64_t last_us
-    uint64_t bytes[2]
-    uint32_t pkts[2]
-    uint32_t frags[2]
-    uint32_t hash
-    uint32_t prev
-    uint32_t next
-    uint16_t a_port
-    uint16_t b_port
-    uint16_t vlan
-    uint16_t outer_vlan
-    uint16_t icmp_type
-    uint8_t flags[2]
-    uint8_t tos[2]
-    uint8_t smac[6]
-    uint8_t dmac[6]
-    uint8_t proto
-    uint8_t ip_version
-    uint8_t tunnel
-    uint8_t fin                  # bit 0: client sent FIN, bit 1: server sent FIN
-    uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
-    uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
-    uint8_t window_open
-
-ctypedef struct feat_t:
-    uint64_t last_us[3]          # last window packet: any direction, client, server
-    uint16_t plen[18]            # 3 x 6 bins: both, client, server
-    uint16_t tdiff[18]
-    uint32_t hist                # entropy histogram slot, NONE32 when none
-    uint16_t window              # packets counted in the window (0..256)
-    uint16_t entropy[2]
-    uint8_t seen[2]              # a window packet of this direction was seen
-
-ctypedef struct stats_t:
-    uint64_t packets
-    uint64_t bytes
-    uint64_t reasons[R_COUNT]
-    uint64_t flows_created
-    uint64_t flows_exported
-    uint64_t exported_by_reason[5]
-    uint64_t active_flows
-    uint64_t fragments
-    uint64_t pool_exhausted
-    uint64_t other_shard         # packets left to the other workers of a sharded run
-
-
-# --- byte order helpers ------------------------------------------------------------------------
-cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline uint16_t le16(const uint8_t* p) noexcept nogil:
-    return (<uint16_t>p[1] << 8) | p[0]
-
-cdef inline uint32_t le32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
-
-cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
-    x ^= x >> 33
-    x *= <uint64_t>0xff51afd7ed558ccd
-    x ^= x >> 33
-    x *= <uint64_t>0xc4ceb9fe1a85ec53
-    x ^= x >> 33
-    return x
-
-cdef inline uint64_t side_hash(const uint8_t* addr, uint16_t port) noexcept nogil:
-    cdef uint64_t lo, hi
-    memcpy(&lo, addr, 8)
-    memcpy(&hi, addr + 8, 8)
-    return mix64(lo ^ mix64(hi ^ port))
-
-cdef inline uint32_t key_hash(const uint8_t* a, uint16_t ap, const uint8_t* b, uint16_t bp,
-                              uint8_t proto, uint16_t vlan) noexcept nogil:
-    # symmetric: both directions of a flow hash alike
-    return <uint32_t>mix64(side_hash(a, ap) + side_hash(b, bp) + ((<uint64_t>proto << 16) | vlan))
-
-
-# --- decode ------------------------------------------------------------------------------------
-cdef int decode_by_ethertype(uint16_t et, const uint8_t* d, uint32_t n, pkt_t* p,
-                             frag_t* frags, stats_t* st, int depth) noexcept nogil:
-    """The frame after its Ethernet header (and tags): IP, MPLS or PPPoE."""
-    cdef uint32_t off = 0
-    cdef uint16_t ppp
-    if et == 0x0800 or et == 0x86DD:
-        return decode_ip(d, n, p, frags, st, depth)
-    if et == 0x8847 or et == 0x8848:           # MPLS: pop the label stack, guess IP by version
-        while True:
-            if off + 4 > n:
-                return R_TRUNCATED
-            off += 4
-            if d[off - 2] & 0x01:                # bottom of stack
-                break
-        if off >= n:
-            return R_TRUNCATED
-        if (d[off] >> 4) == 4 or (d[off] >> 4) == 6:
-            return decode_ip(d + off, n - off, p, frags, st, depth)
-        return R_NON_IP
-    if et == 0x8864:                            # PPPoE session: 6-byte header + PPP protocol
-        if n < 8:
-            return R_TRUNCATED
-        ppp = be16(d + 6)
-        if ppp == 0x0021 or ppp == 0x0057:
-            return decode_ip(d + 8, n - 8, p, frags, st, depth)
-        return R_NON_IP
-    return R_NON_IP
-
-
-cdef int decode_ether(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                      int depth, bint outer) noexcept nogil:
-    cdef uint32_t off = 14
-    cdef uint16_t et, tag
-    if n < 14:
-        return R_TRUNCATED
-    if outer:
-        memcpy(p.dmac, d, 6)
-        memcpy(p.smac, d + 6, 6)
-        p.have_mac = 1
-    et = be16(d + 12)
-    while et == 0x8100 or et == 0x88A8 or et == 0x9100:
-        if off + 4 > n:
-            return R_TRUNCATED
-        # the last tag is the flow's VLAN (the customer tag of QinQ, as ndpiReader keys it);
-        # the first of several is kept as the outer (service) tag
-        tag = be16(d + off) & 0x0FFF
-        if p.vlans_seen == 1:
-            p.outer_vlan = p.vlan
-        p.vlan = tag
-        p.vlans_seen += 1
-        et = be16(d + off + 2)
-        off += 4
-    if et <= 1500:                              # 802.3 length: LLC, IP only behind SNAP
-        if off + 8 <= n and d[off] == 0xAA and d[off + 1] == 0xAA and d[off + 2] == 0x03:
-            et = be16(d + off + 6)
-            off += 8
-        else:
-            return R_NON_IP
-    return decode_by_ethertype(et, d + off, n - off, p, frags, st, depth)
-
-
-cdef int decode_80211(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                      int depth) noexcept nogil:
-    """An 802.11 data frame (CAPWAP native binding) down to its LLC/SNAP ethertype."""
-    cdef uint32_t off = 24
-    cdef uint16_t fc
-    if n < 24:
-        return R_TRUNCATED
-    fc = le16(d)
-    if ((fc >> 2) & 0x3) != 2 and ((d[1] >> 2) & 0x3) == 2:
-        fc = be16(d)                            # Cisco APs send the frame control swapped
-    if ((fc >> 2) & 0x3) != 2:                  # not a data frame
-        return R_NON_IP
-    if (fc & 0x0300) == 0x0300:                 # ToDS and FromDS: a fourth address
-        off += 6
-    if (fc >> 4) & 0x8:                         # QoS data
-        off += 2
-    if (fc >> 4) & 0x4:                         # null data, no payload
-        return R_NON_IP
-    if off + 8 > n:
-        return R_TRUNCATED
-    if d[off] != 0xAA or d[off + 1] != 0xAA or d[off + 2] != 0x03:
-        return R_NON_IP
-    return decode_by_ethertype(be16(d + off + 6), d + off + 8, n - off - 8, p, frags, st, depth)
-
-
-cdef int decode_gre(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                    int depth) noexcept nogil:
-    cdef uint16_t fl, proto
-    cdef uint32_t off = 4
-    if n < 4:
-        return R_TRUNCATED
-    fl = be16(d)
-    proto = be16(d + 2)
-    if (fl & 0x7) == 1:                         # enhanced GRE (PPTP): key always, optional ack
-        if proto != 0x880B:
-            return R_BAD_TUNNEL
-        off += 4
-        if fl & 0x1000:
-            off += 4
-        if fl & 0x0080:
-            off += 4
-        if off + 2 > n:
-            return R_TRUNCATED
-        if d[off] == 0xFF and d[off + 1] == 0x03:
-            off += 2
-        if off + 1 > n:
-            return R_TRUNCATED
-        if d[off] == 0x21:
-            return decode_ip(d + off + 1, n - off - 1, p, frags, st, depth)
-        if off + 2 <= n and be16(d + off) in (0x0021, 0x0057):
-            return decode_ip(d + off + 2, n - off - 2, p, frags, st, depth)
-        return R_NON_IP
-    if (fl & 0x7) != 0:
-        return R_BAD_TUNNEL
-    if fl & 0x8000:
-        off += 4
-    if fl & 0x2000:
-        off += 4
-    if fl & 0x1000:
-        off += 4
-    if off > n:
-        return R_TRUNCATED
-    if proto == 0x0800 or proto == 0x86DD:
-        return decode_ip(d + off, n - off, p, frags, st, depth)
-    if proto == 0x6558:                         # transparent Ethernet bridging
-        return decode_ether(d + off, n - off, p, frags, st, depth, False)
-    if proto == 0x88BE:                         # ERSPAN: type II when sequenced, else type I
-        p.tunnel = TUN_ERSPAN if p.tunnel == TUN_GRE else p.tunnel
-        if fl & 0x1000:
-            off += 8
-        if off > n:
-            return R_TRUNCATED
-        return decode_ether(d + off, n - off, p, frags, st, depth, False)
-    if proto == 0x22EB:                         # ERSPAN type III, optional platform sub-header
-        p.tunnel = TUN_ERSPAN if p.tunnel == TUN_GRE else p.tunnel
-        if off + 12 > n:
-            return R_TRUNCATED
-        if d[off + 11] & 0x01:
-            off += 8
-        off += 12
-        if off > n:
-            return R_TRUNCATED
-        return decode_ether(d + off, n - off, p, frags, st, depth, False)
-    if proto == 0x8847:
-        return decode_by_ethertype(proto, d + off, n - off, p, frags, st, depth)
-    return R_NON_IP
-
-
-cdef int decode_gtpu(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                     int depth) noexcept nogil:
-    """GTP-U G-PDU: 8-byte header, optional sequence/N-PDU/extension headers, then IP.
-    Returns -1 when the datagram is not a G-PDU (kept as a plain UDP flow)."""
-    cdef uint32_t off = 8
-    cdef uint8_t nxt
-    if n < 8:
-        return -1
-    if (d[0] >> 5) != 1 or not (d[0] & 0x10) or d[1] != 0xFF:
-        return -1
-    if d[0] & 0x07:
-        if n < 12:
-            return R_TRUNCATED
-        nxt = d[11]
-        off = 12
-        while nxt != 0:
-            if off + 1 > n or d[off] == 0:
-                return R_BAD_TUNNEL
-            off += 4 * d[off]
-            if off > n:
-                return R_TRUNCATED
-            nxt = d[off - 1]
-    if off >= n:
-        return R_TRUNCATED
-    if (d[off] >> 4) != 4 and (d[off] >> 4) != 6:
-        return -1
-    return decode_ip(d + off, n - off, p, frags, st, depth)
-
-
-cdef inline bint is_udp_tunnel_port(uint16_t sp, uint16_t dp) noexcept nogil:
-    return (sp == 2152 or dp == 2152 or sp == 4789 or dp == 4789 or sp == 37008 or dp == 37008
-            or sp == 5247 or dp == 5247)
-
-
-cdef int decode_udp_tunnel(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                           int depth) noexcept nogil:
-    """UDP-carried tunnels by port. Returns -1 when the datagram is not a tunnel we strip."""
-    cdef uint16_t sp = p.sport, dp = p.dport
-    cdef uint32_t off, hlen
-    cdef uint8_t tag
-    cdef int r
-    if dp == 2152 or sp == 2152:
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_GTPU
-        r = decode_gtpu(d, n, p, frags, st, depth)
-        if r == -1 and p.tunnel == TUN_GTPU and depth == 0:
-            p.tunnel = TUN_NONE
-        return r
-    if dp == 4789 or sp == 4789:
-        if n < 8 or not (d[0] & 0x08):
-            return -1
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_VXLAN
-        return decode_ether(d + 8, n - 8, p, frags, st, depth, False)
-    if dp == 37008 or sp == 37008:                  # TZSP: tagged fields end with tag 1
-        if n < 4 or d[0] != 1 or be16(d + 2) != 1:  # version 1, Ethernet encapsulation only
-            return -1
-        off = 4
-        while True:
-            if off >= n:
-                return R_TRUNCATED
-            tag = d[off]
-            if tag == 1:
-                off += 1
-                break
-            if tag == 0:
-                off += 1
-                continue
-            if off + 2 > n:
-                return R_TRUNCATED
-            off += 2 + d[off + 1]
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_TZSP
-        return decode_ether(d + off, n - off, p, frags, st, depth, False)
-    if dp == 5247 or sp == 5247:                    # CAPWAP data channel
-        if n < 8 or (d[0] >> 4) != 0:
-            return -1
-        hlen = ((d[1] >> 3) & 0x1F) * 4
-        if hlen < 8 or hlen > n:
-            return R_BAD_TUNNEL
-        if d[3] & 0x80:                             # a fragment: leave it on the outer flow
-            return -1
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_CAPWAP
-        if d[2] & 0x01:                             # T: native frame of the binding (802.11)
-            if ((d[2] >> 1) & 0x1F) != 1:
-                return R_NON_IP
-            return decode_80211(d + hlen, n - hlen, p, frags, st, depth)
-        return decode_ether(d + hlen, n - hlen, p, frags, st, depth, False)
-    return -1
-
-
-cdef int frag_slot(const uint8_t* src, const uint8_t* dst, uint32_t ident, uint8_t proto) noexcept nogil:
-    return <int>(mix64(side_hash(src, <uint16_t>proto) ^ side_hash(dst, 0) ^ ident) & (FRAG_SLOTS - 1))
-
-
-cdef int decode_l4(const uint8_t* d, uint32_t cap, uint32_t l4len, pkt_t* p, frag_t* frags,
-                   stats_t* st, int depth) noexcept nogil:
-    """Transport header at d (cap bytes captured, l4len bytes by the IP lengths), then tunnels."""
-    cdef uint32_t hl = 0
-    cdef int r
-    cdef uint8_t proto = p.proto
-    cdef pkt_t outer
-    if proto == 6:
-        if cap < 20:
-            return R_TRUNCATED
-        hl = (d[12] >> 4) * 4
-        if hl < 20:
-            return R_BAD_L4
-        p.sport = be16(d)
-        p.dport = be16(d + 2)
-        p.tcp_flags = d[13]
-    elif proto == 17 or proto == 136:
-        if cap < 8:
-            return R_TRUNCATED
-        hl = 8
-        p.sport = be16(d)
-        p.dport = be16(d + 2)
-    elif proto == 1 or proto == 58:
-        if cap < 4:
-            return R_TRUNCATED
-        p.icmp_type = be16(d)
-        hl = 8
-    elif proto == 132:
-        if cap < 12:
-            return R_TRUNCATED
-        hl = 12
-        p.sport = be16(d)
-        p.dport = be16(d + 2)
-    elif proto == 4 or proto == 41:
-        if depth >= MAX_TUNNEL_DEPTH:
-            return R_TUNNEL_DEPTH
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_IPIP
-        return decode_ip(d, cap, p, frags, st, depth + 1)
-    elif proto == 47:
-        if depth >= MAX_TUNNEL_DEPTH:
-            return R_TUNNEL_DEPTH
-        memcpy(&outer, p, sizeof(pkt_t))
-        if p.tunnel == TUN_NONE:
-            p.tunnel = TUN_GRE
-        r = decode_gre(d, cap, p, frags, st, depth + 1)
-        if r != R_NON_IP:
-            return r
-        # GRE keepalives, PPP control and other non-IP payloads: the outer GRE flow, like a
-        # UDP tunnel that carries no IP packet
-        memcpy(p, &outer, sizeof(pkt_t))
-    # payload length from the header lengths; the captured part may be shorter (snaplen)
-    p.payload_len = l4len - hl if l4len > hl else 0
-    p.payload = d + hl if hl < cap else d + cap
-    p.payload_cap = cap - hl if hl < cap else 0
-    if (proto == 17) and depth < MAX_TUNNEL_DEPTH and is_udp_tunnel_port(p.sport, p.dport):
-        # a tunnel that carries no IP packet (CAPWAP management, 802.11 control...) stays
-        # accounted to the outer UDP flow, as ndpiReader does
-        memcpy(&outer, p, sizeof(pkt_t))
-        r = decode_udp_tunnel(d + 8, cap - 8, p, frags, st, depth + 1)
-        if r == -1 or r == R_NON_IP:
-            memcpy(p, &outer, sizeof(pkt_t))
-            return R_OK
-        return r
-    return R_OK
-
-
-cdef inline void save_fragment_key(frag_t* f, pkt_t* p, uint64_t ts) noexcept nogil:
-    memcpy(f.k_src, p.src, 16)
-    memcpy(f.k_dst, p.dst, 16)
-    f.k_sport = p.sport
-    f.k_dport = p.dport
-    f.k_icmp = p.icmp_type
-    f.k_proto = p.proto
-    f.k_ip_version = p.ip_version
-    f.k_tunnel = p.tunnel
-    f.ts_us = ts
-    f.used = 1
-
-
-cdef int fragment(const uint8_t* d, uint32_t cap, uint32_t l4len, bint first, uint32_t ident,
-                  pkt_t* p, frag_t* frags, stats_t* st, int depth) noexcept nogil:
-    """A fragment: the first one decodes its transport header and leaves the resulting flow key
-    in the fragment cache; the later ones take their flow key from there."""
-    cdef frag_t* f = &frags[frag_slot(p.src, p.dst, ident, p.proto)]
-    cdef int r
-    p.is_frag = 1
-    if first:
-        memcpy(f.src, p.src, 16)
-        memcpy(f.dst, p.dst, 16)
-        f.ident = ident
-        f.proto = p.proto
-        f.ip_version = p.ip_version
-        r = decode_l4(d, cap, l4len, p, frags, st, depth)
-        if r == R_OK:
-            save_fragment_key(f, p, p.ts_us)
-        else:
-            f.used = 0
-        return r
-    if (not f.used or f.ident != ident or f.proto != p.proto or f.ip_version != p.ip_version
-            or memcmp(f.src, p.src, 16) != 0 or memcmp(f.dst, p.dst, 16) != 0
-            or p.ts_us - f.ts_us > FRAG_TTL_US):
-        return R_ORPHAN_FRAGMENT
-    memcpy(p.src, f.k_src, 16)
-    memcpy(p.dst, f.k_dst, 16)
-    p.sport = f.k_sport
-    p.dport = f.k_dport
-    p.icmp_type = f.k_icmp
-    p.proto = f.k_proto
-    p.ip_version = f.k_ip_version
-    p.tunnel = f.k_tunnel
-    p.payload = d
-    p.payload_cap = cap
-    p.payload_len = l4len
-    return R_OK
-
-
-cdef int decode_ip(const uint8_t* d, uint32_t n, pkt_t* p, frag_t* frags, stats_t* st,
-                   int depth) noexcept nogil:
-    cdef uint32_t hl, total, off, l4len, cap, ident
-    cdef uint16_t fo
-    cdef uint8_t nh, ver
-    cdef bint first
-    if n < 1:
-        return R_TRUNCATED
-    ver = d[0] >> 4
-    if ver == 4:
-        if n < 20:
-            return R_TRUNCATED
-        hl = (d[0] & 0x0F) * 4
-        total = be16(d + 2)
-        if hl < 20 or total < hl:
-            return R_BAD_IPV4
-        if hl > n:
-            return R_TRUNCATED
-        if depth == 0:
-            p.outer_ip_len = total
-            p.l2_len = <uint32_t>(d - p.frame)
-        p.ip_version = 4
-        memset(p.src, 0, 16)
-        memset(p.dst, 0, 16)
-        memcpy(p.src, d + 12, 4)
-        memcpy(p.dst, d + 16, 4)
-        p.proto = d[9]
-        p.tos = d[1]
-        p.sport = p.dport = p.icmp_type = 0
-        cap = (total if total < n else n) - hl
-        l4len = total - hl
-        fo = be16(d + 6)
-        if fo & 0x3FFF:                            # MF set or offset non-zero
-            st.fragments += 1
-            return fragment(d + hl, cap, l4len, (fo & 0x1FFF) == 0, be16(d + 4), p, frags, st, depth)
-        return decode_l4(d + hl, cap, l4len, p, frags, st, depth)
-    if ver == 6:
-        if n < 40:
-            return R_TRUNCATED
-        p.ip_version = 6
-        memcpy(p.src, d + 8, 16)
-        memcpy(p.dst, d + 24, 16)
-        p.tos = <uint8_t>((be16(d) >> 4) & 0xFF)
-        p.sport = p.dport = p.icmp_type = 0
-        total = 40 + be16(d + 4)
-        if total == 40:                             # jumbogram or no payload: trust the capture
-            total = n
-        if depth == 0:
-            p.outer_ip_len = total
-            p.l2_len = <uint32_t>(d - p.frame)
-        nh = d[6]
-        off = 40
-        while nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 135 or nh == 44:
-            if off + 8 > n:
-                return R_TRUNCATED
-            if nh == 44:                            # fragment header
-                fo = be16(d + off + 2)
-                ident = be32(d + off + 4)
-                p.proto = d[off]
-                off += 8
-                if off > total:
-                    return R_BAD_IPV6
-                cap = (total if total < n else n) - off
-                if (fo & 0xFFF9) == 0:              # offset 0 and no MF: an atomic fragment
-                    return decode_l4(d + off, cap, total - off, p, frags, st, depth)
-                st.fragments += 1
-                return fragment(d + off, cap, total - off, (fo & 0xFFF8) == 0, ident, p, frags,
-                                st, depth)
-            if nh == 51:
-                hl = (d[off + 1] + 2) * 4
-            else:
-                hl = (d[off + 1] + 1) * 8
-            nh = d[off]
-            off += hl
-        if off > n or off > total:
-            return R_TRUNCATED if off > n else R_BAD_IPV6
-        p.proto = nh
-        cap = (total if total < n else n) - off
-        return decode_l4(d + off, cap, total - off, p, frags, st, depth)
-    return R_BAD_IPV4 if depth == 0 else R_BAD_TUNNEL
-
-
-cdef inline uint32_t ppp_header_len(const uint8_t* d, uint32_t cap) noexcept nogil:
-    """PPP: optional address/control bytes (FF 03), then a 2-byte protocol. 0 if truncated."""
-    cdef uint32_t off = 2 if cap >= 2 and d[0] == 0xFF and d[1] == 0x03 else 0
-    return off + 2 if off + 2 <= cap else 0
-
-
-cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t lt, pkt_t* p,
-                       frag_t* frags, stats_t* st) noexcept nogil:
-    """Decode one frame from its link-layer header down to the innermost flow key."""
-    cdef uint32_t fam, off
-    cdef uint16_t proto
-    cdef int r
-    p.vlan = p.outer_vlan = 0
-    p.vlans_seen = 0
-    p.tunnel = TUN_NONE
-    p.is_frag = 0
-    p.have_mac = 0
-    p.tcp_flags = 0
-    p.payload = NULL
-    p.payload_cap = p.payload_len = 0
-    p.ip_version = 0
-    p.outer_ip_len = 0
-    p.l2_len = 0
-    p.frame = d
-    if lt == LT_ETHERNET:
-        # the IP bytes of the packet are counted from the first IP header on: find it
-        r = decode_ether(d, cap, p, frags, st, 0, True)
-    elif lt == LT_RAW or lt == LT_IPV4 or lt == LT_IPV6 or lt == 12 or lt == 14:
-        r = decode_ip(d, cap, p, frags, st, 0)
-    elif lt == LT_NULL or lt == LT_LOOP:
-        if cap < 4:
-            return R_TRUNCATED
-        fam = le32(d) if lt == LT_NULL else be32(d)
-        if fam > 0xFFFF:
-            fam = be32(d) if lt == LT_NULL else le32(d)
-        if fam != 2 and fam != 24 and fam != 28 and fam != 30:
-            return R_NON_IP
-        r = decode_ip(d + 4, cap - 4, p, frags, st, 0)
-    elif lt == LT_LINUX_SLL:
-        if cap < 16:
-            return R_TRUNCATED
-        r = decode_by_ethertype(be16(d + 14), d + 16, cap - 16, p, frags, st, 0)
-    elif lt == LT_LINUX_SLL2:
-        if cap < 20:
-            return R_TRUNCATED
-        r = decode_by_ethertype(be16(d), d + 20, cap - 20, p, frags, st, 0)
-    elif lt == LT_C_HDLC:
-        if cap < 4:
-            return R_TRUNCATED
-        r = decode_by_ethertype(be16(d + 2), d + 4, cap - 4, p, frags, st, 0)
-    elif lt == LT_PPP or lt == 50:
-        off = ppp_header_len(d, cap)
-        if off == 0:
-            return R_TRUNCATED
-        proto = be16(d + off - 2)
-        if proto == 0x0021 or proto == 0x0057:
-            r = decode_ip(d + off, cap - off, p, frags, st, 0)
-        elif proto == 0x0281:
-            r = decode_by_ethertype(0x8847, d + off, cap - off, p, frags, st, 0)
-        else:
-            return R_NON_IP
-    else:
-        return R_UNSUPPORTED_LINK
-    return r
 
 
 cdef inline uint32_t shard_of(pkt_t* p, uint32_t count) noexcept nogil:
@@ -848,34 +161,8 @@ cdef class FlowTable:
 
     ``process`` takes a batch (a buffer and a pkt_meta_t array of offsets into it) and stops early
     when the output holds ``output_size - 2`` records; ``take`` hands the finished flows over.
+    Its C state is declared in _fastpath.pxd.
     """
-    cdef flow_t* flows
-    cdef feat_t* feats
-    cdef uint32_t* slots             # hash table: flow index or NONE32
-    cdef uint32_t mask
-    cdef uint32_t capacity
-    cdef uint32_t free_head          # free list through flow.next
-    cdef uint32_t never_used         # slots from here on have never held a flow
-    cdef uint32_t lru_head, lru_tail       # open flows, least recently seen first
-    cdef uint32_t cl_head, cl_tail         # closed (FIN/RST) flows awaiting their linger
-    cdef frag_t* frags
-    cdef uint32_t** pool_chunks
-    cdef uint32_t pool_nchunks
-    cdef uint32_t pool_free
-    cdef uint32_t pool_next
-    cdef stats_t st
-    cdef public uint64_t idle_us
-    cdef public uint64_t lifetime_us
-    cdef public uint64_t linger_us
-    cdef readonly bint features
-    cdef readonly uint32_t shard_index
-    cdef readonly uint32_t shard_count
-    cdef object out_array
-    cdef flow_record_t* out
-    cdef uint32_t out_n
-    cdef uint32_t out_cap
-    cdef uint64_t now_us
-
     def __cinit__(self, uint32_t max_flows=262144, double idle_timeout=30.0,
                   double lifetime=120.0, bint features=True, uint32_t output_size=8192,
                   double linger=2.0, uint32_t shard_index=0, uint32_t shard_count=1):
@@ -895,12 +182,13 @@ cdef class FlowTable:
         # calloc'd pages are only backed by memory once touched: an idle table costs little
         self.flows = <flow_t*>calloc(max_flows, sizeof(flow_t))
         self.slots = <uint32_t*>malloc(size * sizeof(uint32_t))
-        self.frags = <frag_t*>calloc(FRAG_SLOTS, sizeof(frag_t))
+        self.dec.frags = <frag_t*>calloc(FRAG_SLOTS, sizeof(frag_t))
+        self.dec.fragments = 0
         self.features = features
         self.feats = <feat_t*>calloc(max_flows, sizeof(feat_t)) if features else NULL
         self.pool_nchunks = (max_flows + POOL_CHUNK - 1) // POOL_CHUNK
         self.pool_chunks = <uint32_t**>calloc(self.pool_nchunks, sizeof(uint32_t*))
-        if (self.flows == NULL or self.slots == NULL or self.frags == NULL or
+        if (self.flows == NULL or self.slots == NULL or self.dec.frags == NULL or
                 self.pool_chunks == NULL or (features and self.feats == NULL)):
             raise MemoryError("cannot allocate a flow table of %d flows" % max_flows)
         memset(self.slots, 0xFF, size * sizeof(uint32_t))
@@ -928,7 +216,7 @@ cdef class FlowTable:
         cdef uint32_t i
         free(self.flows)
         free(self.slots)
-        free(self.frags)
+        free(self.dec.frags)
         free(self.feats)
         if self.pool_chunks != NULL:
             for i in range(self.pool_nchunks):
@@ -1330,12 +618,11 @@ cdef class FlowTable:
                 if self.out_n + 2 > self.out_cap:
                     return k
             cap = m.caplen
-            if <Py_ssize_t>m.offset + cap > buflen:
+            if m.offset > <uint64_t>buflen or cap > <uint64_t>buflen - m.offset:
                 r = R_TRUNCATED
                 p.ip_version = 0
             else:
-                r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, &p, self.frags,
-                                  &self.st)
+                r = decode_packet(buf + m.offset, cap, m.linktype, &p, &self.dec)
             if self.shard_count > 1 and shard_of(&p, self.shard_count) != self.shard_index:
                 self.st.other_shard += 1
                 continue
@@ -1420,7 +707,7 @@ cdef class FlowTable:
         cdef int r
         d = {"packets": self.st.packets, "bytes": self.st.bytes,
              "flows_created": self.st.flows_created, "flows_exported": self.st.flows_exported,
-             "active_flows": self.st.active_flows, "fragments": self.st.fragments,
+             "active_flows": self.st.active_flows, "fragments": self.dec.fragments,
              "feature_pool_exhausted": self.st.pool_exhausted,
              "other_shard": self.st.other_shard}
         d["decoded"] = self.st.reasons[R_OK]
@@ -1429,235 +716,6 @@ cdef class FlowTable:
                                    for k, name in enumerate(("idle", "active", "fin", "rst", "end"))}
         return d
 
-
-# --- pcap / pcapng reader ----------------------------------------------------------------------
-cdef class PcapReader:
-    """Zero-copy reader of a pcap or pcapng file through mmap: ``next_batch`` fills a META_DTYPE
-    array with offsets into ``buffer``. Raises ValueError for a file that is neither format."""
-    cdef object _mmap
-    cdef object _file
-    cdef const uint8_t[::1] view
-    cdef Py_ssize_t size
-    cdef Py_ssize_t pos
-    cdef readonly str format
-    cdef readonly int linktype          # of the first interface
-    cdef readonly bint truncated        # the file ended inside a record
-    cdef readonly uint64_t packets
-    cdef bint swapped
-    cdef uint64_t ts_mul                # pcap: ns per timestamp fraction unit
-    # pcapng interfaces of the current section
-    cdef uint32_t if_count
-    cdef uint32_t if_linktype[64]
-    cdef uint64_t if_num[64]            # timestamp unit = if_num / if_den seconds
-    cdef uint64_t if_den[64]
-
-    def __cinit__(self, path):
-        import mmap, os
-        self._file = open(path, "rb")
-        self.size = os.fstat(self._file.fileno()).st_size
-        if self.size < 24:
-            self._file.close()
-            raise ValueError("not a pcap or pcapng file (only %d bytes)" % self.size)
-        self._mmap = mmap.mmap(self._file.fileno(), 0, flags=mmap.MAP_SHARED,
-                               prot=mmap.PROT_READ)
-        if hasattr(self._mmap, "madvise"):
-            self._mmap.madvise(mmap.MADV_SEQUENTIAL)
-        self.view = self._mmap
-        self.pos = 0
-        self.truncated = False
-        self.packets = 0
-        self.if_count = 0
-        self._header()
-
-    cdef uint32_t u32(self, Py_ssize_t at):
-        return be32(&self.view[at]) if self.swapped else le32(&self.view[at])
-
-    cdef uint16_t u16(self, Py_ssize_t at):
-        return be16(&self.view[at]) if self.swapped else le16(&self.view[at])
-
-    cdef _header(self):
-        cdef uint32_t magic = le32(&self.view[0])
-        if magic in (0xA1B2C3D4, 0xA1B23C4D, 0xD4C3B2A1, 0x4D3CB2A1):
-            self.format = "pcap"
-            self.swapped = magic in (0xD4C3B2A1, 0x4D3CB2A1)
-            self.ts_mul = 1 if magic in (0xA1B23C4D, 0x4D3CB2A1) else 1000
-            self.linktype = self.u32(20) & 0x0FFFFFFF
-            self.pos = 24
-        elif magic == 0x0A0D0D0A:
-            self.format = "pcapng"
-            self.linktype = -1
-            self._pcapng_section(0)
-            self._pcapng_scan_interfaces()
-        else:
-            raise ValueError("not a pcap or pcapng file (magic 0x%08x)" % magic)
-
-    cdef _pcapng_section(self, Py_ssize_t at):
-        cdef uint32_t bom
-        if at + 28 > self.size:
-            raise ValueError("truncated pcapng section header")
-        bom = le32(&self.view[at + 8])
-        if bom == 0x1A2B3C4D:
-            self.swapped = False
-        elif bom == 0x4D3C2B1A:
-            self.swapped = True
-        else:
-            raise ValueError("bad pcapng byte-order magic")
-        self.if_count = 0
-        self.pos = at + self.u32(at + 4)
-
-    cdef _pcapng_scan_interfaces(self):
-        # the link type of the first interface, for reporting (packets carry their own)
-        cdef Py_ssize_t at = self.pos
-        cdef uint32_t btype, blen
-        while at + 12 <= self.size:
-            btype = self.u32(at)
-            blen = self.u32(at + 4)
-            if blen < 12:
-                break
-            if btype == 1 and at + 16 <= self.size:
-                self.linktype = self.u16(at + 8)
-                return
-            at += blen
-
-    cdef void _pcapng_interface(self, Py_ssize_t at, uint32_t blen):
-        cdef Py_ssize_t o = at + 16, end = at + blen - 4
-        cdef uint16_t code, olen
-        cdef uint8_t res
-        cdef uint32_t k
-        if self.if_count >= 64:
-            return
-        k = self.if_count
-        self.if_count += 1
-        self.if_linktype[k] = self.u16(at + 8)
-        self.if_num[k] = 1
-        self.if_den[k] = 1000000
-        while o + 4 <= end:
-            code = self.u16(o)
-            olen = self.u16(o + 2)
-            if code == 0:
-                break
-            if code == 9 and olen >= 1 and o + 5 <= end:
-                res = self.view[o + 4]
-                if res & 0x80:
-                    self.if_den[k] = (<uint64_t>1) << (res & 0x7F) if (res & 0x7F) < 63 else 1
-                else:
-                    self.if_den[k] = 1
-                    for _ in range(res if res < 19 else 19):
-                        self.if_den[k] *= 10
-            o += 4 + ((olen + 3) & ~3)
-
-    def next_batch(self, cnp.ndarray meta) -> int:
-        """Fill ``meta`` (META_DTYPE) with up to len(meta) packets; 0 at end of file."""
-        cdef pkt_meta_t* m = <pkt_meta_t*>cnp.PyArray_DATA(meta)
-        cdef Py_ssize_t cap = meta.shape[0], n = 0
-        cdef Py_ssize_t pos = self.pos, size = self.size
-        cdef const uint8_t* v = &self.view[0]
-        cdef uint32_t incl, orig, btype, blen, ifid
-        cdef uint64_t ts
-        cdef bint sw = self.swapped
-        if meta.dtype != META_DTYPE:
-            raise TypeError("meta must be of META_DTYPE")
-        if self.format == "pcap":
-            with nogil:
-                while n < cap:
-                    if pos + 16 > size:
-                        if pos < size:
-                            self.truncated = True
-                        break
-                    incl = be32(v + pos + 8) if sw else le32(v + pos + 8)
-                    orig = be32(v + pos + 12) if sw else le32(v + pos + 12)
-                    if pos + 16 + incl > size:
-                        self.truncated = True
-                        pos = size
-                        break
-                    ts = (<uint64_t>(be32(v + pos) if sw else le32(v + pos))) * 1000000000 + \
-                         (<uint64_t>(be32(v + pos + 4) if sw else le32(v + pos + 4))) * self.ts_mul
-                    m[n].ts_ns = ts
-                    m[n].offset = pos + 16
-                    m[n].caplen = incl
-                    m[n].wirelen = orig if orig >= incl else incl
-                    m[n].linktype = self.linktype
-                    m[n].reserved = 0
-                    n += 1
-                    pos += 16 + incl
-            self.pos = pos
-            self.packets += n
-            return n
-        # pcapng: walk blocks in Python-free code except for section/interface blocks
-        while n < cap:
-            if pos + 12 > size:
-                if pos < size:
-                    self.truncated = True
-                break
-            btype = self.u32(pos)
-            blen = self.u32(pos + 4)
-            if btype == 0x0A0D0D0A:
-                self._pcapng_section(pos)
-                pos = self.pos
-                continue
-            if blen < 12 or blen % 4 or pos + blen > size:
-                self.truncated = True
-                pos = size
-                break
-            if btype == 1:
-                self._pcapng_interface(pos, blen)
-            elif btype == 6 or btype == 2:                 # enhanced (or obsolete) packet block
-                ifid = self.u32(pos + 8) if btype == 6 else self.u16(pos + 8)
-                incl = self.u32(pos + 20)
-                orig = self.u32(pos + 24)
-                if ifid < self.if_count and 28 + incl <= blen:
-                    ts = ((<uint64_t>self.u32(pos + 12)) << 32) | self.u32(pos + 16)
-                    m[n].ts_ns = _scale_ts(ts, self.if_num[ifid], self.if_den[ifid])
-                    m[n].offset = pos + 28
-                    m[n].caplen = incl
-                    m[n].wirelen = orig if orig >= incl else incl
-                    m[n].linktype = self.if_linktype[ifid]
-                    m[n].reserved = 0
-                    n += 1
-            elif btype == 3 and self.if_count > 0:          # simple packet block
-                orig = self.u32(pos + 8)
-                incl = orig if orig <= blen - 16 else blen - 16
-                m[n].ts_ns = 0
-                m[n].offset = pos + 12
-                m[n].caplen = incl
-                m[n].wirelen = orig
-                m[n].linktype = self.if_linktype[0]
-                m[n].reserved = 0
-                n += 1
-            pos += blen
-        self.pos = pos
-        self.packets += n
-        return n
-
-    @property
-    def buffer(self):
-        """The whole file, for FlowTable.process (offsets in meta point into it)."""
-        return self._mmap
-
-    def close(self):
-        """Release the mapping; safe to call twice."""
-        self.view = None
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-cdef inline uint64_t _scale_ts(uint64_t ts, uint64_t num, uint64_t den) noexcept:
-    # ts units of num/den seconds to nanoseconds
-    if den == 1000000000:
-        return ts
-    if den < 1000000000 and 1000000000 % den == 0:
-        return ts * (1000000000 // den)
-    return <uint64_t>(<double>ts * 1e9 / <double>den)
 
 
 # --- layout ------------------------------------------------------------------------------------
@@ -1676,20 +734,49 @@ def _record_dtype():
 
 
 def record_layout() -> dict:
-    """Size and field offsets of flow_record_t as this compiler laid it out."""
+    """Offset and size of every member of flow_record_t, in order, as this compiler laid it out."""
     cdef flow_record_t r
-    base = <size_t>&r
+    cdef size_t base = <size_t>&r
     return {
-        "size": sizeof(flow_record_t),
-        "first_ms": <size_t>&r.first_ms - base, "src_addr": <size_t>&r.src_addr - base,
-        "exporter_addr": <size_t>&r.exporter_addr - base, "src_frags": <size_t>&r.src_frags - base,
-        "observation_point": <size_t>&r.observation_point - base,
-        "src_port": <size_t>&r.src_port - base, "icmp_type": <size_t>&r.icmp_type - base,
-        "seq_plen": <size_t>&r.seq_plen - base, "seq_tdiff_s2c": <size_t>&r.seq_tdiff_s2c - base,
-        "entropy_c2s": <size_t>&r.entropy_c2s - base, "entropy_s2c": <size_t>&r.entropy_s2c - base,
-        "src_mac": <size_t>&r.src_mac - base, "dst_mac": <size_t>&r.dst_mac - base,
-        "ip_version": <size_t>&r.ip_version - base, "end_reason": <size_t>&r.end_reason - base,
-        "exporter_ip_version": <size_t>&r.exporter_ip_version - base,
+        "first_ms": (<size_t>&r.first_ms - base, sizeof(r.first_ms)),
+        "last_ms": (<size_t>&r.last_ms - base, sizeof(r.last_ms)),
+        "in_bytes": (<size_t>&r.in_bytes - base, sizeof(r.in_bytes)),
+        "in_pkts": (<size_t>&r.in_pkts - base, sizeof(r.in_pkts)),
+        "out_bytes": (<size_t>&r.out_bytes - base, sizeof(r.out_bytes)),
+        "out_pkts": (<size_t>&r.out_pkts - base, sizeof(r.out_pkts)),
+        "src_addr": (<size_t>&r.src_addr - base, sizeof(r.src_addr)),
+        "dst_addr": (<size_t>&r.dst_addr - base, sizeof(r.dst_addr)),
+        "exporter_addr": (<size_t>&r.exporter_addr - base, sizeof(r.exporter_addr)),
+        "src_frags": (<size_t>&r.src_frags - base, sizeof(r.src_frags)),
+        "dst_frags": (<size_t>&r.dst_frags - base, sizeof(r.dst_frags)),
+        "input_snmp": (<size_t>&r.input_snmp - base, sizeof(r.input_snmp)),
+        "output_snmp": (<size_t>&r.output_snmp - base, sizeof(r.output_snmp)),
+        "observation_point": (<size_t>&r.observation_point - base, sizeof(r.observation_point)),
+        "src_port": (<size_t>&r.src_port - base, sizeof(r.src_port)),
+        "dst_port": (<size_t>&r.dst_port - base, sizeof(r.dst_port)),
+        "vlan": (<size_t>&r.vlan - base, sizeof(r.vlan)),
+        "outer_vlan": (<size_t>&r.outer_vlan - base, sizeof(r.outer_vlan)),
+        "icmp_type": (<size_t>&r.icmp_type - base, sizeof(r.icmp_type)),
+        "seq_plen": (<size_t>&r.seq_plen - base, sizeof(r.seq_plen)),
+        "seq_tdiff": (<size_t>&r.seq_tdiff - base, sizeof(r.seq_tdiff)),
+        "seq_plen_c2s": (<size_t>&r.seq_plen_c2s - base, sizeof(r.seq_plen_c2s)),
+        "seq_plen_s2c": (<size_t>&r.seq_plen_s2c - base, sizeof(r.seq_plen_s2c)),
+        "seq_tdiff_c2s": (<size_t>&r.seq_tdiff_c2s - base, sizeof(r.seq_tdiff_c2s)),
+        "seq_tdiff_s2c": (<size_t>&r.seq_tdiff_s2c - base, sizeof(r.seq_tdiff_s2c)),
+        "entropy_c2s": (<size_t>&r.entropy_c2s - base, sizeof(r.entropy_c2s)),
+        "entropy_s2c": (<size_t>&r.entropy_s2c - base, sizeof(r.entropy_s2c)),
+        "src_mac": (<size_t>&r.src_mac - base, sizeof(r.src_mac)),
+        "dst_mac": (<size_t>&r.dst_mac - base, sizeof(r.dst_mac)),
+        "ip_version": (<size_t>&r.ip_version - base, sizeof(r.ip_version)),
+        "protocol": (<size_t>&r.protocol - base, sizeof(r.protocol)),
+        "client_tcp_flags": (<size_t>&r.client_tcp_flags - base, sizeof(r.client_tcp_flags)),
+        "server_tcp_flags": (<size_t>&r.server_tcp_flags - base, sizeof(r.server_tcp_flags)),
+        "src_tos": (<size_t>&r.src_tos - base, sizeof(r.src_tos)),
+        "dst_tos": (<size_t>&r.dst_tos - base, sizeof(r.dst_tos)),
+        "end_reason": (<size_t>&r.end_reason - base, sizeof(r.end_reason)),
+        "flow_source": (<size_t>&r.flow_source - base, sizeof(r.flow_source)),
+        "tunnel": (<size_t>&r.tunnel - base, sizeof(r.tunnel)),
+        "exporter_ip_version": (<size_t>&r.exporter_ip_version - base, sizeof(r.exporter_ip_version)),
     }
 
 
@@ -1700,15 +787,32 @@ def sizes() -> dict:
 
 
 def _check_layout():
+    """The record dtype the exporters read must be flow_record_t byte for byte: the same members
+    in the same order, each at the same offset with the same size."""
     dt = _record_dtype()
     lay = record_layout()
-    if dt.itemsize != lay["size"]:
-        raise ImportError("RECORD_DTYPE is %d bytes, flow_record_t %d" % (dt.itemsize, lay["size"]))
-    for name, off in lay.items():
-        if name != "size" and dt.fields[name][1] != off:
-            raise ImportError("RECORD_DTYPE.%s at %d, flow_record_t at %d"
-                              % (name, dt.fields[name][1], off))
-    if META_DTYPE.itemsize != sizeof(pkt_meta_t):
+    if list(dt.names) != list(lay):
+        raise ImportError("RECORD_DTYPE columns %s differ from flow_record_t members %s"
+                          % (list(dt.names), list(lay)))
+    for name, (off, size) in lay.items():
+        col, col_off = dt.fields[name][:2]
+        if (col_off, col.itemsize) != (off, size):
+            raise ImportError("RECORD_DTYPE.%s: %d bytes at %d, flow_record_t: %d bytes at %d"
+                              % (name, col.itemsize, col_off, size, off))
+    if dt.itemsize != sizeof(flow_record_t):
+        raise ImportError("RECORD_DTYPE is %d bytes, flow_record_t %d"
+                          % (dt.itemsize, sizeof(flow_record_t)))
+    cdef pkt_meta_t m
+    cdef size_t base = <size_t>&m
+    meta = {"ts_ns": (<size_t>&m.ts_ns - base, sizeof(m.ts_ns)),
+            "offset": (<size_t>&m.offset - base, sizeof(m.offset)),
+            "caplen": (<size_t>&m.caplen - base, sizeof(m.caplen)),
+            "wirelen": (<size_t>&m.wirelen - base, sizeof(m.wirelen)),
+            "linktype": (<size_t>&m.linktype - base, sizeof(m.linktype)),
+            "reserved": (<size_t>&m.reserved - base, sizeof(m.reserved))}
+    if (META_DTYPE.itemsize != sizeof(pkt_meta_t) or list(META_DTYPE.names) != list(meta) or
+            any((META_DTYPE.fields[k][1], META_DTYPE.fields[k][0].itemsize) != v
+                for k, v in meta.items())):
         raise ImportError("META_DTYPE does not match pkt_meta_t")
 
 

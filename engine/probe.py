@@ -197,9 +197,8 @@ class Probe(RunLoop):
                 else:
                     self._run_packets(src)
                 st = src.stats()
-                if st.get("truncated_file"):
-                    self.warnings.append(f"{src.name!r}: the file ends inside a packet record "
-                                         "(truncated capture); the packets before it were used")
+                if st.get("file_error"):
+                    self.warnings.append(f"{src.name!r}: {st['file_error']}")
                 self._finished.append((src, st))
                 self._current = None
                 src.close()
@@ -249,9 +248,12 @@ class Probe(RunLoop):
         st = self.table.stats()
         sources = [s for _, s in self._sources()]
         collector_drops = {"flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0}
+        file_errors: dict = {}                  # capture files that ended early, by reason
         for s in sources:
             for k, v in s.get("collector_drops", {}).items():
                 collector_drops[k] = collector_drops.get(k, 0) + v
+            for k, v in s.get("file_errors", {}).items():
+                file_errors[k] = file_errors.get(k, 0) + v
         exporters = {}
         for e in self.exporters:
             exporters.update(e.stats())
@@ -261,6 +263,7 @@ class Probe(RunLoop):
             packets=st["packets"], bytes=st["bytes"], decoded=st["decoded"], drops=st["drops"],
             kernel_drops=sum(s.get("kernel_drops", 0) for s in sources),
             kernel_received=sum(s.get("kernel_received", 0) for s in sources),
+            file_errors=file_errors,
             fragments=st["fragments"], flows_created=st["flows_created"],
             active_flows=st["active_flows"], other_shard=st["other_shard"],
             exported_flows=self.exported_flows, collected_records=self.collected_records,

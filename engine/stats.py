@@ -31,6 +31,7 @@ class Snapshot:
     drops: dict = field(default_factory=dict)          # packets not accounted, by reason
     kernel_drops: int = 0
     kernel_received: int = 0
+    file_errors: dict = field(default_factory=dict)    # capture files that ended early, by why
     fragments: int = 0
     flows_created: int = 0
     active_flows: int = 0
@@ -65,6 +66,8 @@ class Snapshot:
         """The counters of ``parts`` added up (workers' statistics), the rest from ``other``."""
         out = cls(**other)
         for p in parts:
+            for reason, v in p.file_errors.items():     # every -g worker reads every file
+                out.file_errors[reason] = max(out.file_errors.get(reason, 0), v)
             for k in SUMMED:
                 setattr(out, k, getattr(out, k) + getattr(p, k))
             for k in SUMMED_BY_REASON:
@@ -80,6 +83,8 @@ def drops_text(snap: Snapshot) -> str:
     drops = {k: v for k, v in snap.drops.items() if v}
     if snap.kernel_drops:
         drops["kernel"] = snap.kernel_drops
+    for k, v in snap.file_errors.items():              # capture files that ended early
+        drops[f"file_{k}"] = v
     for k, v in snap.exporters.items():
         if "drop" in k and v:
             drops[k] = v

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._fastpath import META_DTYPE, FlowTable, PcapReader
+from engine._fastpath import META_DTYPE, FlowTable
+from engine._reader import PcapReader
 
 FLOW = re.compile(r'^\t(\d+)\t(\S+) (\S+) (<->|->) (\S+) (\[.*)$')
 CNT = re.compile(r'\[(\d+) pkts/(\d+) bytes (?:<->|->) (\d+) pkts/(\d+) bytes\]')

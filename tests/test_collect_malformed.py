@@ -226,7 +226,8 @@ def test_bad_packets_are_dumped(tmp_path):
               (v9(0, []), "10.8.0.1", 1.0)])
     w.close()
     assert w.written == 2
-    from engine._fastpath import PcapReader, META_DTYPE
+    from engine._fastpath import META_DTYPE
+    from engine._reader import PcapReader
     meta = np.zeros(16, META_DTYPE)
     with PcapReader(str(tmp_path / "bad.pcap")) as rd:
         assert rd.next_batch(meta) == 2

@@ -82,9 +82,10 @@ def test_sidecar_totals_match_dpkt(capture):
 
 def test_fast_path_counts_match_sidecar(capture):
     fp = pytest.importorskip("engine._fastpath")
+    from engine._reader import PcapReader
     a, _, _, meta = capture
     table = fp.FlowTable(max_flows=4096)
-    reader = fp.PcapReader(str(a))
+    reader = PcapReader(str(a))
     batch = np.zeros(4096, dtype=fp.META_DTYPE)
     out = []
     while True:

@@ -10,7 +10,8 @@ from conftest import ROOT
 
 USES = '''
 import numpy as np
-from engine._fastpath import META_DTYPE, FlowTable, PcapReader, sizes
+from engine._fastpath import META_DTYPE, FlowTable, sizes
+from engine._reader import PcapReader
 from engine.fields import RECORD_DTYPE, lookup, records_to_dicts
 
 def flows(path: str) -> list[dict]:

@@ -10,7 +10,7 @@ SUDO=""
 packages=(python3 python3-venv python3-dev gcc libc6-dev)
 extras=""
 if [ "${1:-}" = "--test" ]; then
-    packages+=(iproute2 softflowd nfdump tshark pmacct libndpi-dev tcpreplay)
+    packages+=(iproute2 softflowd nfdump tshark tcpdump pmacct libndpi-dev tcpreplay)
     extras="[test]"
 fi
 echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true

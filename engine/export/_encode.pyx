@@ -18,8 +18,6 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cdef extern from "arpa/inet.h" nogil:
-    const char* inet_ntop(int af, const void* src, char* dst, int size)
 
 cdef enum:
     AF_INET6_ = 10
@@ -113,19 +111,13 @@ cdef inline void put_byte(buf_t* b, uint8_t v) noexcept:
 
 
 cdef inline void put_be(buf_t* b, uint64_t v, int width) noexcept:
-    cdef uint8_t* q = <uint8_t*>(b.p + b.n)
+    """v big-endian in 2, 4 or 8 bytes (the shared byte-order header)."""
     if width == 2:
-        q[0] = <uint8_t>(v >> 8)
-        q[1] = <uint8_t>v
+        store_be16(b.p + b.n, <uint16_t>v)
     elif width == 4:
-        q[0] = <uint8_t>(v >> 24)
-        q[1] = <uint8_t>(v >> 16)
-        q[2] = <uint8_t>(v >> 8)
-        q[3] = <uint8_t>v
+        store_be32(b.p + b.n, <uint32_t>v)
     else:
-        for width in range(8):
-            q[width] = <uint8_t>(v >> (56 - 8 * width))
-        width = 8
+        store_be64(b.p + b.n, v)
     b.n += width
 
 
@@ -908,11 +900,12 @@ def v5_rows(cnp.ndarray records, dtype, int64_t base_ms):
 
 
 cdef inline char* put_num(char* p, uint64_t v, int n) noexcept nogil:
-    cdef int k
-    for k in range(n - 1, -1, -1):
-        p[0] = <char>(v >> (8 * k))
-        p += 1
-    return p
+    """v big-endian in n = 2 or 4 bytes."""
+    if n == 2:
+        store_be16(p, <uint16_t>v)
+    else:
+        store_be32(p, <uint32_t>v)
+    return p + n
 
 
 cdef inline uint64_t clip(uint64_t v, uint64_t top) noexcept nogil:
@@ -953,14 +946,6 @@ cdef char* put_v5(char* p, const uint8_t* rec, bint fwd, int64_t base_ms, int o_
 
 
 # --- decoding ------------------------------------------------------------------------------
-cdef inline uint64_t be(const uint8_t* p, int n) noexcept:
-    cdef uint64_t v = 0
-    cdef int k
-    for k in range(n):
-        v = (v << 8) | p[k]
-    return v
-
-
 cdef int WIDTH[16]
 WIDTH[:] = [0, 0, 1, 2, 4, 8, 1, 2, 4, 8, 4, -1, 0, 0, 0, 0]    # value bytes per type tag
 
@@ -996,14 +981,14 @@ def decode_tlv(const uint8_t[::1] buf, dict names=None):
             w = WIDTH[kt]
             if i + w > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            key = be(p + i, w)
+            key = load_be(p + i, w)
             i += w
             if names is not None:
                 key = names.get(key, key)
         elif kt == T_STRING:
             if i + 2 > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            ln = <Py_ssize_t>be(p + i, 2)
+            ln = <Py_ssize_t>load_be(p + i, 2)
             if i + 2 + ln > n:
                 raise TLVError("TLV item runs past the end of the payload")
             key = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
@@ -1015,7 +1000,7 @@ def decode_tlv(const uint8_t[::1] buf, dict names=None):
         if vt == T_STRING:
             if i + 2 > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            ln = <Py_ssize_t>be(p + i, 2)
+            ln = <Py_ssize_t>load_be(p + i, 2)
             if i + 2 + ln > n:
                 raise TLVError("TLV item runs past the end of the payload")
             val = (<const char*>p)[i + 2:i + 2 + ln].decode("utf-8", "replace")
@@ -1024,7 +1009,7 @@ def decode_tlv(const uint8_t[::1] buf, dict names=None):
             w = WIDTH[vt]
             if i + w > n:
                 raise TLVError("TLV item runs past the end of the payload")
-            u = be(p + i, w)
+            u = load_be(p + i, w)
             i += w
             if vt <= T_U64:
                 val = u

@@ -34,7 +34,7 @@ class Source:
 
     def stats(self) -> dict:
         """Counters of the capture itself: ``kernel_drops`` always, others as the source has
-        them (``kernel_received``, ``truncated_file``)."""
+        them (``kernel_received``, ``file_errors``)."""
         return {"kernel_drops": 0}
 
     def describe(self, stats: dict) -> str:

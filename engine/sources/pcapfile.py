@@ -6,7 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
-from engine._fastpath import META_DTYPE, PcapReader
+from engine._fastpath import META_DTYPE
+from engine._reader import PcapReader
 from engine.errors import FlowprobeError, os_error_message
 from engine.sources.base import Source
 
@@ -81,7 +82,18 @@ class FileSource(Source):
             yield self.reader.buffer, self.meta[:n]
 
     def stats(self) -> dict:
-        return {"truncated_file": int(self.reader.truncated), "kernel_drops": 0}
+        """``file_errors`` counts why the file ended early (PcapReader.end_reason), and
+        ``file_error`` says so in one line for the end of the run ("" when it did not)."""
+        r = self.reader
+        reason = r.end_reason
+        text = (f"{r.end_detail} at byte {r.end_offset} ({reason}); reading stopped there, the "
+                f"{r.packets} packets before it were used") if reason else ""
+        return {"file_errors": {reason: 1} if reason else {}, "file_error": text,
+                "kernel_drops": 0}
+
+    def stop(self) -> None:
+        super().stop()
+        self.reader.stop()            # within the batch being read, not after it
 
     def close(self) -> None:
         self.reader.close()

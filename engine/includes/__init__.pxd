@@ -1,0 +1,1 @@
+# C declarations (extern .pxd files) and the tiny headers they name; see each file.
