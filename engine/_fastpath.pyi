@@ -4,6 +4,7 @@ from typing import Any
 import numpy as np
 
 META_DTYPE: np.dtype
+META_VLAN_TAG: int          # in META_DTYPE's ``reserved``: | TCI of a tag taken out of the frame
 REASONS: tuple[str, ...]
 
 def seq_plen_bin(n: int) -> int: ...

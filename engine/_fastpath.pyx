@@ -666,9 +666,11 @@ cdef inline uint32_t ppp_header_len(const uint8_t* d, uint32_t cap) noexcept nog
     return off + 2 if off + 2 <= cap else 0
 
 
-cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t lt, pkt_t* p,
-                       frag_t* frags, stats_t* st) noexcept nogil:
-    """Decode one frame from its link-layer header down to the innermost flow key."""
+cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t lt,
+                       uint32_t stripped_tag, pkt_t* p, frag_t* frags, stats_t* st) noexcept nogil:
+    """Decode one frame from its link-layer header down to the innermost flow key.
+    ``stripped_tag``: the meta row's ``reserved`` (META_VLAN_TAG | TCI when the capture took the
+    outer 802.1Q tag out of an Ethernet frame)."""
     cdef uint32_t fam, off
     cdef uint16_t proto
     cdef int r
@@ -685,6 +687,9 @@ cdef int decode_packet(const uint8_t* d, uint32_t cap, uint32_t wire, uint32_t l
     p.l2_len = 0
     p.frame = d
     if lt == LT_ETHERNET:
+        if stripped_tag & META_VLAN_TAG:       # as if the tag were still before the EtherType
+            p.vlan = stripped_tag & 0x0FFF
+            p.vlans_seen = 1
         # the IP bytes of the packet are counted from the first IP header on: find it
         r = decode_ether(d, cap, p, frags, st, 0, True)
     elif lt == LT_RAW or lt == LT_IPV4 or lt == LT_IPV6 or lt == 12 or lt == 14:
@@ -1334,8 +1339,8 @@ cdef class FlowTable:
                 r = R_TRUNCATED
                 p.ip_version = 0
             else:
-                r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, &p, self.frags,
-                                  &self.st)
+                r = decode_packet(buf + m.offset, cap, m.wirelen, m.linktype, m.reserved, &p,
+                                  self.frags, &self.st)
             if self.shard_count > 1 and shard_of(&p, self.shard_count) != self.shard_index:
                 self.st.other_shard += 1
                 continue
@@ -1343,6 +1348,8 @@ cdef class FlowTable:
             self.st.bytes += m.wirelen
             if r == R_OK:
                 l2 = p.l2_len
+                if m.reserved & META_VLAN_TAG:  # wirelen counts the tag taken out of the frame
+                    l2 += 4
                 p.ip_bytes = m.wirelen - l2 if m.wirelen > l2 else 0
                 if p.outer_ip_len > p.ip_bytes:
                     r = R_IP_LENGTH             # the IP header claims more than the frame holds

@@ -44,6 +44,13 @@ def build_parser() -> ArgumentParser:
                    help="live capture snapshot length (default 65535)")
     p.add_argument("--no-promisc", action="store_true", help="do not put interfaces in "
                                                               "promiscuous mode")
+    # tcpdump's name and unit (nProbe has no such flag; its -B is something else)
+    p.add_argument("--buffer-size", type=_int_range(256, 1 << 30, "buffer size"),
+                   default=64 * 1024, metavar="KIB", help="capture buffer of each interface "
+                   "(each -g worker) in KiB: the kernel ring, or libpcap's buffer (default 65536)")
+    p.add_argument("--ring-block-size", type=_int_range(4, 1 << 20, "ring block size"),
+                   default=1024, metavar="KIB", help="block of the capture ring in KiB, handed "
+                   "over as one batch; the ring has buffer-size / this blocks (default 1024)")
     p.add_argument("-w", "--hash-size", type=_int_range(1, 1 << 30, "hash size"), default=262144,
                    metavar="FLOWS", help="flow table size in flows (default 262144)")
     p.add_argument("-t", "--lifetime-timeout", type=_int_range(1, 1 << 31, "lifetime timeout"),
@@ -74,6 +81,7 @@ def build_parser() -> ArgumentParser:
 
 
 def _packet_sources(inputs: list[str], args) -> list:
+    from engine.sources import live_options, open_live
     from engine.sources.live import PcapySource
     from engine.sources.pcapfile import FileSource, expand_inputs
     sources = []
@@ -85,16 +93,8 @@ def _packet_sources(inputs: list[str], args) -> list:
                 sources.append(PcapySource(item, live=False, bpf=args.bpf_filter))
             else:
                 sources.append(FileSource(item))
-        elif item.startswith("pfring:") or (args.pfring and
-                                            os.path.exists(f"/sys/class/net/{item}")):
-            from engine.sources.pfring import PfringSource
-            sources.append(PfringSource(item.split(":", 1)[-1], snaplen=args.snaplen,
-                                        promisc=not args.no_promisc, bpf=args.bpf_filter))
-        elif os.path.exists(f"/sys/class/net/{item}") or item in ("any", "lo"):
-            sources.append(PcapySource(item, live=True, snaplen=args.snaplen,
-                                       promisc=not args.no_promisc, bpf=args.bpf_filter))
         else:
-            raise FlowprobeError(f"{item!r}: no such capture file or network interface")
+            sources.append(open_live(item, **live_options(args)))
     return sources
 
 

@@ -107,43 +107,37 @@ def _ranges(cores: list[int]) -> str:
 @dataclass
 class WorkerPlan:
     """What every worker opens: capture files (sharded) or one live interface (fanout)."""
-    kind: str                       # "file" | "live" | "pfring"
+    kind: str                       # "file" | "live"
     inputs: list
     bpf: Optional[str] = None
-    snaplen: int = 65535
-    promisc: bool = True
     fanout_group: int = 0
+    live_options: dict = field(default_factory=dict)    # engine.sources.open_live's
 
 
 def plan_inputs(inputs: list[str], args) -> WorkerPlan:
     """Classify the -i values for workers without keeping anything open (the workers open their
     own handles). Files are opened once here so that a bad file is one error, not one per worker."""
+    from engine.sources import live_backend, live_options
     from engine.sources.pcapfile import FileSource, expand_inputs
     files, live = [], []
     for item in expand_inputs(inputs):
         if item == "none":
             continue
-        if item.startswith("pfring:") or (getattr(args, "pfring", False)
-                                          and not os.path.exists(item)):
-            from engine.sources.pfring import require_binding
-            require_binding()
-            live.append(("pfring", item.split(":", 1)[1] if item.startswith("pfring:") else item))
-        elif os.path.exists(item):
+        if os.path.exists(item):
             if not args.bpf_filter:
                 FileSource(item).close()          # raises the one-line error for a bad file
             files.append(item)
-        elif os.path.exists(f"/sys/class/net/{item}") or item in ("any", "lo"):
-            live.append(("live", item))
         else:
-            raise FlowprobeError(f"{item!r}: no such capture file or network interface")
+            live_backend(item, getattr(args, "pfring", False))   # one error for a bad name
+            live.append(item)
     if files and live:
         raise FlowprobeError("-g: give either capture files or interfaces, not both", status=2)
     if len(live) > 1:
         raise FlowprobeError("-g: workers capture on one interface (give one -i IFACE)", status=2)
-    common = dict(bpf=args.bpf_filter, snaplen=args.snaplen, promisc=not args.no_promisc,
-                  fanout_group=(os.getpid() & 0xFFFF))
+    common = dict(bpf=args.bpf_filter, fanout_group=(os.getpid() & 0xFFFF),
+                  live_options=live_options(args))
     if live:
-        return WorkerPlan(kind=live[0][0], inputs=[live[0][1]], **common)
+        return WorkerPlan(kind="live", inputs=live, **common)
     if not files:
         raise FlowprobeError("-g: no capture file or interface to read (the collector runs "
                              "without -g)", status=2)
@@ -236,13 +230,8 @@ def _open_sources(spec: WorkerSpec) -> list:
         from engine.sources.pcapfile import FileSource
         return [PcapySource(p, live=False, bpf=plan.bpf) if plan.bpf else FileSource(p)
                 for p in plan.inputs]
-    if plan.kind == "pfring":
-        from engine.sources.pfring import PfringSource
-        return [PfringSource(plan.inputs[0], snaplen=plan.snaplen, promisc=plan.promisc,
-                             bpf=plan.bpf, cluster_id=plan.fanout_group)]
-    from engine.sources.live import PcapySource
-    return [PcapySource(plan.inputs[0], live=True, snaplen=plan.snaplen, promisc=plan.promisc,
-                        bpf=plan.bpf, fanout_group=plan.fanout_group)]
+    from engine.sources import open_live
+    return [open_live(plan.inputs[0], fanout_group=plan.fanout_group, **plan.live_options)]
 
 
 def worker_main(spec: WorkerSpec) -> None:
