@@ -2,7 +2,7 @@ import os
 import pathlib
 import shutil
 import subprocess
-import uuid
+import sys
 
 import pytest
 
@@ -31,34 +31,19 @@ live = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                           reason="live capture on veth needs root and iproute2")
 
 
-def _sh(*cmd):
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 def _veth_pair(quiet: bool):
-    tag = uuid.uuid4().hex[:6]
-    probe_ns, peer_ns, probe_if, peer_if = f"fpp{tag}", f"fpq{tag}", f"fpa{tag}", f"fpb{tag}"
+    sys.path.insert(0, str(ROOT / "tools"))
+    import loadgen
     try:
-        _sh("ip", "netns", "add", probe_ns)
-        _sh("ip", "netns", "add", peer_ns)
-        if quiet:       # no address, no IPv6: neither kernel sends a packet of its own
-            for ns in (probe_ns, peer_ns):
-                _sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1")
-        _sh("ip", "link", "add", probe_if, "netns", probe_ns, "mtu", "9000", "type", "veth", "peer",
-            "name", peer_if, "netns", peer_ns, "mtu", "9000")
-        if not quiet:
-            _sh("ip", "-n", probe_ns, "addr", "add", f"{HOST_IP}/24", "dev", probe_if)
-            _sh("ip", "-n", peer_ns, "addr", "add", f"{NS_IP}/24", "dev", peer_if)
-        _sh("ip", "-n", probe_ns, "link", "set", probe_if, "up")
-        _sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
+        pair = loadgen.veth_pair("fp", quiet=quiet, addresses=None if quiet else
+                                 (f"{HOST_IP}/24", f"{NS_IP}/24"))
+        ends = pair.__enter__()
     except subprocess.CalledProcessError as e:
-        for ns in (probe_ns, peer_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
-    yield probe_ns, peer_ns, probe_if, peer_if
-    for ns in (probe_ns, peer_ns):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    try:
+        yield ends
+    finally:
+        pair.__exit__(None, None, None)
 
 
 @pytest.fixture

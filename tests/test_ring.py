@@ -77,13 +77,6 @@ def from_file(path, *args) -> dict:
     return flow_table(r.stdout)
 
 
-def ring_sockets(ns: str, iface: str) -> list[str]:
-    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-0", "-e"], capture_output=True,
-                         text=True).stdout
-    entries = [e for e in out.split("\np_raw")[1:] if f":{iface} " in e.splitlines()[0]]
-    return [e for e in entries if BLOCK in e]
-
-
 class LiveProbe:
     """flowprobe capturing in namespace ``ns``; started once its rings are in place."""
 
@@ -99,7 +92,7 @@ class LiveProbe:
             return
         deadline = time.monotonic() + 60
         while True:
-            rings = ring_sockets(ns, iface)
+            rings = [e for e in loadgen.capture_sockets(ns, iface) if BLOCK in e]
             if len(rings) == sockets and (sockets == 1 or all("fanout(" in r for r in rings)):
                 return
             if self.proc.poll() is not None:
@@ -258,9 +251,7 @@ def test_kernel_drops_are_counted(quiet_veth, capture):
     probe = LiveProbe(ns, iface, "--buffer-size", "256", "--ring-block-size", "128",
                       ready=False)
     deadline = time.monotonic() + 60
-    while not any(BLOCK_SMALL in e for e in subprocess.run(
-            ["ip", "netns", "exec", ns, "ss", "-0", "-e"], capture_output=True,
-            text=True).stdout.split("\np_raw")):
+    while not any(BLOCK_SMALL in e for e in loadgen.capture_sockets(ns, iface)):
         assert probe.proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     pid = probe.proc.pid                   # ip netns exec executes flowprobe in its place
