@@ -9,8 +9,9 @@ fast-path table, with one exporter: `_HandOff`, which pushes what the table fini
   and its table keeps only the packets whose address-pair hash falls on its shard
   (`FlowTable(shard_index=k, shard_count=N)`; tunnels hash on the inner addresses, fragments on the
   address pair), so N workers produce exactly the flows and counters of one process.
-* Live interfaces: every worker opens its own pcapy-ng handle and joins one PACKET_FANOUT group in
-  hash mode (the kernel's symmetric flow hash), so the kernel spreads flows; tables are not sharded.
+* Live interfaces: every worker opens its own capture (engine.sources.open_live: a TPACKET_V3
+  ring by default) and joins one PACKET_FANOUT group in hash mode (the kernel's symmetric flow
+  hash), so the kernel spreads flows; tables are not sharded.
 
 Hand-off: a ZeroMQ PUSH socket per worker, connected to one PULL socket the parent binds on an
 ipc:// path in a private temporary directory. Messages are multipart `[kind, "index:generation",
