@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef class Ring:
     cdef int fd
+    cdef int wake_fd                        # next_block's wait also ends when this is readable
     cdef uint8_t* map
     cdef size_t map_len
     cdef Py_ssize_t shape[1]

@@ -129,11 +129,18 @@ cdef extern from *:
         __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
     }
 
-    /* 1: readable (or an error is pending), 0: timeout, -1: interrupted by a signal */
-    static int fp_poll(int fd, int timeout_ms) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        int r = poll(&p, 1, timeout_ms);
+    /* 1: readable (or an error is pending), 0: timeout, -1: a signal arrived (poll was
+       interrupted, or Python's signal wake-up fd, wake >= 0, was written: that works whichever
+       thread the kernel delivered the signal to) */
+    static int fp_poll(int fd, int wake, int timeout_ms) {
+        struct pollfd p[2] = { { fd, POLLIN, 0 }, { wake, POLLIN, 0 } };
+        char drain[64];
+        int r = poll(p, wake >= 0 ? 2 : 1, timeout_ms);
         if (r < 0) return errno == EINTR ? -1 : 1;
+        if (wake >= 0 && p[1].revents) {
+            while (read(wake, drain, sizeof drain) > 0) {}
+            return -1;
+        }
         return r > 0;
     }
 
@@ -151,7 +158,7 @@ cdef extern from *:
     int fp_socket_error(int fd) nogil
     int fp_block_ready(const uint8_t* block) nogil
     void fp_block_release(uint8_t* block) nogil
-    int fp_poll(int fd, int timeout_ms) nogil
+    int fp_poll(int fd, int wake, int timeout_ms) nogil
     unsigned if_nametoindex(const char* name) nogil
     int SOL_PACKET, PACKET_VERSION, TPACKET_V3, PACKET_IGNORE_OUTGOING, TP_STATUS_VLAN_VALID
     int IFF_UP, IFF_LOOPBACK
@@ -282,6 +289,7 @@ cdef class Ring:
 
     def __cinit__(self):
         self.fd = -1
+        self.wake_fd = -1
         self.map = NULL
 
     def __init__(self, str name, *, uint32_t block_size, uint32_t block_count, bytes program,
@@ -380,7 +388,7 @@ cdef class Ring:
                 self.current = (self.current + 1) % self.block_count
             block = self.map + <size_t>self.current * self.block_size
             if not fp_block_ready(block):
-                r = fp_poll(self.fd, timeout_ms)
+                r = fp_poll(self.fd, self.wake_fd, timeout_ms)
                 if r == 1 and not fp_block_ready(block):
                     err = fp_socket_error(self.fd)
                     r = 0
@@ -393,6 +401,11 @@ cdef class Ring:
         if err:
             _raise(err, "capture")
         return n
+
+    def wake_on(self, int fd) -> None:
+        """Also end next_block's wait when ``fd`` (non-blocking: Python's signal wake-up fd,
+        see signal.set_wakeup_fd) becomes readable; -1: no longer."""
+        self.wake_fd = fd
 
     def stats(self) -> dict:
         """The kernel's counters since the socket opened: packets that passed the filter

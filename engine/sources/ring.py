@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -79,6 +81,23 @@ class RingSource(Source):
         except OSError as e:
             raise FlowprobeError(f"{name!r}: {self._error_text(e, block * count)}") from None
         self.meta = np.zeros(block // _ring.MIN_FRAME + 1, dtype=META_DTYPE)
+        self.wakeup = self._wake_on_signals()
+
+    def _wake_on_signals(self) -> Optional[tuple[int, int]]:
+        """A signal may be delivered to another thread (the metrics server's): then poll() in
+        this one is not interrupted, and its handler would wait for the poll timeout. Python's
+        signal wake-up fd, polled beside the ring, ends the wait at once. Only in the main
+        thread, and only when nothing else uses the wake-up fd."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if signal.set_wakeup_fd(w, warn_on_full_buffer=False) != -1:
+            signal.set_wakeup_fd(-1)      # not ours to replace: put it back
+            os.close(r)
+            os.close(w)
+            return None
+        self.ring.wake_on(r)
+        return r, w
 
     @staticmethod
     def _error_text(e: OSError, ring_bytes: int) -> str:
@@ -91,28 +110,43 @@ class RingSource(Source):
 
     def batches(self) -> Iterator[tuple[object, np.ndarray]]:
         """One batch per ring block; an empty one when the link was quiet for the poll timeout.
-        After stop(), the blocks the kernel fills within one more timeout are still read (the
-        last block retires at most that late), so packets that arrived before the stop count."""
+        After stop(), the blocks the kernel hands over within one more retire period are still
+        read up to the first packet that arrived after the stop, so every packet that arrived
+        before it counts (the last block retires at most one period late) and none after it."""
         ring, meta = self.ring, self.meta
         period = self.timeout_ms / 1000
-        stopped_at = None
         while True:
             try:
                 n = ring.next_block(meta, self.timeout_ms)
             except OSError as e:
                 raise FlowprobeError(f"{self.name!r}: capture failed: "
                                      f"{ERRNO_TEXT.get(e.errno, e.strerror)}") from None
-            if n or stopped_at is None:
-                yield ring, meta[:n]
-            if self.stopped:
-                now = time.monotonic()
-                if stopped_at is None:
-                    stopped_at = now
-                elif (not n and now - stopped_at >= period) or now - stopped_at >= 2 * period:
-                    return
+            rows = meta[:n]
+            if not self.stopped:
+                yield ring, rows
+                continue
+            late = rows["ts_ns"] > self.stopped_ns
+            if late.any():
+                rows = rows[~late]
+            if len(rows):
+                yield ring, rows
+            waited = time.monotonic() - self.stopped_at
+            if late.any() or (not n and waited >= period) or waited >= 2 * period:
+                return
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped_ns, self.stopped_at = time.time_ns(), time.monotonic()
+        super().stop()
 
     def stats(self) -> dict:
         return self.ring.stats()
 
     def close(self) -> None:
         self.ring.close()
+        if self.wakeup is not None:
+            self.ring.wake_on(-1)
+            signal.set_wakeup_fd(-1)
+            for fd in self.wakeup:
+                os.close(fd)
+            self.wakeup = None
