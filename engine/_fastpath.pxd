@@ -57,4 +57,4 @@ ctypedef struct pkt_meta_t:
     uint32_t caplen
     uint32_t wirelen
     uint32_t linktype
-    uint32_t reserved           # 0, or META_VLAN_TAG | TCI: a VLAN tag taken out of the frame
+    uint32_t reserved           # 0, or META_VLAN_TAG | TCI (above)

@@ -48,7 +48,7 @@ def live_backend(name: str, pfring: bool = False) -> tuple[str, str]:
 def live_options(args) -> dict:
     """open_live's keyword arguments from the command line's flags."""
     return dict(snaplen=args.snaplen, promisc=not args.no_promisc, bpf=args.bpf_filter,
-                pfring=getattr(args, "pfring", False), buffer_kib=args.buffer_size,
+                pfring=args.pfring, buffer_kib=args.buffer_size,
                 block_kib=args.ring_block_size)
 
 
@@ -74,4 +74,3 @@ def open_live(name: str, *, snaplen: int = 65535, promisc: bool = True,
     return RingSource(iface, snaplen=snaplen, promisc=promisc, bpf=bpf, fanout_group=fanout_group,
                       buffer_kib=buffer_kib, block_kib=block_kib or DEFAULT_BLOCK_KIB,
                       timeout_ms=timeout_ms)
-

@@ -194,7 +194,6 @@ cdef extern from *:
     int pcap_set_snaplen(pcap_t* p, int snaplen)
     int pcap_set_promisc(pcap_t* p, int promisc)
     int pcap_set_timeout(pcap_t* p, int ms)
-    int pcap_set_buffer_size(pcap_t* p, int size)
     int pcap_activate(pcap_t* p)
     int pcap_compile(pcap_t* p, bpf_program* prog, const char* text, int optimize,
                      unsigned netmask)
@@ -203,7 +202,6 @@ cdef extern from *:
     const char* pcap_statustostr(int status)
     void pcap_close(pcap_t* p)
     unsigned PCAP_NETMASK_UNKNOWN
-    int PCAP_ERRBUF_SIZE
 
 import struct
 
