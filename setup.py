@@ -21,6 +21,11 @@ extensions = [
     Extension("engine._decode", ["engine/_decode.pyx"], **OPTIONS),
     Extension("engine.export._encode", ["engine/export/_encode.pyx"], **OPTIONS),
 ]
+if sys.platform.startswith("linux"):     # the TPACKET_V3 ring source; libpcap compiles its filters
+    extensions.append(
+        Extension("engine.sources._ring", ["engine/sources/_ring.pyx"], libraries=["pcap"],
+                  include_dirs=[numpy.get_include()], extra_compile_args=COMPILE_ARGS,
+                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bindings"))
 try:

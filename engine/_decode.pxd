@@ -578,8 +578,10 @@ cdef inline int decode_ip(cursor_t c, pkt_t* p, decoder_t* dec, int depth) noexc
 
 
 cdef inline int decode_packet(const uint8_t* frame, uint32_t caplen, uint32_t linktype, pkt_t* p,
-                              decoder_t* dec) noexcept nogil:
-    """Decode one frame from its link-layer header down to the innermost flow key."""
+                              decoder_t* dec, int stripped_vlan=-1) noexcept nogil:
+    """Decode one frame from its link-layer header down to the innermost flow key.
+    ``stripped_vlan``: the VLAN id of an 802.1Q tag the capture took out of an Ethernet frame
+    (Linux AF_PACKET rings), -1 for none."""
     cdef cursor_t c = cur_init(frame, caplen)
     cdef const uint8_t* h
     cdef uint32_t fam
@@ -597,6 +599,9 @@ cdef inline int decode_packet(const uint8_t* frame, uint32_t caplen, uint32_t li
     p.l2_len = 0
     p.frame = frame
     if linktype == LT_ETHERNET:
+        if stripped_vlan >= 0:                   # as if the tag were still before the EtherType
+            p.vlan = <uint16_t>stripped_vlan
+            p.vlans_seen = 1
         return decode_ether(c, p, dec, 0, True)
     if (linktype == LT_RAW or linktype == LT_IPV4 or linktype == LT_IPV6 or linktype == 12
             or linktype == 14):

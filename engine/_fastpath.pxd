@@ -47,6 +47,12 @@ ctypedef struct flow_record_t:
     uint8_t tunnel
     uint8_t exporter_ip_version
 
+# pkt_meta_t.reserved: a VLAN tag the capture took out of an Ethernet frame (Linux AF_PACKET
+# rings hand the outer tag over beside the frame) is META_VLAN_TAG | TCI, and wirelen counts its
+# 4 bytes; 0 otherwise
+cpdef enum:
+    META_VLAN_TAG = 0x10000
+
 # One packet of a batch: where its bytes are in the batch buffer and what the capture said of it.
 ctypedef struct pkt_meta_t:
     uint64_t ts_ns
@@ -54,7 +60,7 @@ ctypedef struct pkt_meta_t:
     uint32_t caplen
     uint32_t wirelen
     uint32_t linktype
-    uint32_t reserved
+    uint32_t reserved           # 0, or META_VLAN_TAG | TCI (above)
 
 ctypedef struct flow_t:
     uint8_t a_addr[16]           # client

@@ -5,6 +5,7 @@ import numpy as np
 from typing_extensions import disjoint_base
 
 META_DTYPE: np.dtype
+META_VLAN_TAG: int          # in META_DTYPE's ``reserved``: | TCI of a tag taken out of the frame
 REASONS: tuple[str, ...]
 
 def seq_plen_bin(n: int) -> int: ...

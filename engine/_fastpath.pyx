@@ -622,7 +622,9 @@ cdef class FlowTable:
                 r = R_TRUNCATED
                 p.ip_version = 0
             else:
-                r = decode_packet(buf + m.offset, cap, m.linktype, &p, &self.dec)
+                r = decode_packet(buf + m.offset, cap, m.linktype, &p, &self.dec,
+                                  <int>(m.reserved & 0x0FFF) if m.reserved & META_VLAN_TAG
+                                  else -1)
             if self.shard_count > 1 and shard_of(&p, self.shard_count) != self.shard_index:
                 self.st.other_shard += 1
                 continue
@@ -630,6 +632,8 @@ cdef class FlowTable:
             self.st.bytes += m.wirelen
             if r == R_OK:
                 l2 = p.l2_len
+                if m.reserved & META_VLAN_TAG:  # wirelen counts the tag taken out of the frame
+                    l2 += 4
                 p.ip_bytes = m.wirelen - l2 if m.wirelen > l2 else 0
                 if p.outer_ip_len > p.ip_bytes:
                     r = R_IP_LENGTH             # the IP header claims more than the frame holds

@@ -205,6 +205,13 @@ def build_parser() -> ArgumentParser:
                    help="do not put interfaces in promiscuous mode")
     g.add_argument("--pfring", action="store_true",
                    help="capture on interfaces through PF_RING (same as -i pfring:IFACE)")
+    # tcpdump's name and unit (nProbe has no such flag; its -B is something else)
+    g.add_argument("--buffer-size", type=int_range(256, 1 << 30, "buffer size"),
+                   default=64 * 1024, metavar="KIB", help="capture buffer of each interface "
+                   "(each -g worker) in KiB: the kernel ring, or libpcap's buffer (default 65536)")
+    g.add_argument("--ring-block-size", type=int_range(4, 1 << 20, "ring block size"),
+                   default=1024, metavar="KIB", help="block of the capture ring in KiB, handed "
+                   "over as one batch; the ring has buffer-size / this blocks (default 1024)")
 
     g = p.add_argument_group("flow table")
     g.add_argument("-w", "--hash-size", type=int_range(1, 1 << 30, "hash size"), default=262144,
@@ -509,7 +516,8 @@ def options_from(a) -> Options:
         _check_template(a.flow_templ)
     return Options(
         capture=CaptureOptions(inputs=tuple(a.interface), bpf=a.bpf_filter, snaplen=a.snaplen,
-                               promisc=not a.no_promisc, pfring=a.pfring),
+                               promisc=not a.no_promisc, pfring=a.pfring,
+                               buffer_kib=a.buffer_size, block_kib=a.ring_block_size),
         table=TableOptions(max_flows=a.hash_size, idle_timeout=a.idle_timeout,
                            lifetime=a.lifetime_timeout, features=not a.no_features),
         output=OutputOptions(dump_format=DumpFormat(a.dump_format) if a.dump_format else None,

@@ -40,6 +40,8 @@ class CaptureOptions:
     snaplen: int = 65535
     promisc: bool = True
     pfring: bool = False                   # interfaces through PF_RING
+    buffer_kib: int = 64 * 1024            # each interface's capture buffer (the ring's)
+    block_kib: int = 1024                  # the ring's block, handed over as one batch
 
 
 @dataclass(frozen=True)

@@ -216,8 +216,8 @@ class Probe(RunLoop):
             if self.table.pending:          # what expire() finished
                 self.deliver(self.table.take())
             self._maybe_tick()
-            if self.stop_requested:
-                break
+            if self.stop_requested and not src.live:   # a live source reads what it holds, then
+                break                                  # ends by itself
 
     def _run_records(self, src) -> None:
         for records in src.batches():

@@ -34,29 +34,32 @@ live = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                           reason="live capture on veth needs root and iproute2")
 
 
-def _sh(*cmd):
-    subprocess.run(cmd, check=True, capture_output=True)
+def _veth_pair(quiet: bool):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import loadgen
+    try:
+        pair = loadgen.veth_pair("fp", quiet=quiet, addresses=None if quiet else
+                                 (f"{HOST_IP}/24", f"{NS_IP}/24"))
+        ends = pair.__enter__()
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
+    try:
+        yield ends
+    finally:
+        pair.__exit__(None, None, None)
 
 
 @pytest.fixture
 def veth():
     """Two namespaces joined by a veth pair: the probe captures in one (HOST_IP), the test sends
     from the other (NS_IP). Yields (probe namespace, peer namespace, probe interface)."""
-    tag = uuid.uuid4().hex[:6]
-    probe_ns, peer_ns, probe_if, peer_if = f"fpp{tag}", f"fpq{tag}", f"fpa{tag}", f"fpb{tag}"
-    try:
-        _sh("ip", "netns", "add", probe_ns)
-        _sh("ip", "netns", "add", peer_ns)
-        _sh("ip", "link", "add", probe_if, "netns", probe_ns, "type", "veth", "peer", "name",
-            peer_if, "netns", peer_ns)
-        _sh("ip", "-n", probe_ns, "addr", "add", f"{HOST_IP}/24", "dev", probe_if)
-        _sh("ip", "-n", probe_ns, "link", "set", probe_if, "up")
-        _sh("ip", "-n", peer_ns, "addr", "add", f"{NS_IP}/24", "dev", peer_if)
-        _sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
-    except subprocess.CalledProcessError as e:
-        for ns in (probe_ns, peer_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
-    yield probe_ns, peer_ns, probe_if
-    for ns in (probe_ns, peer_ns):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for probe_ns, peer_ns, probe_if, _ in _veth_pair(quiet=False):
+        yield probe_ns, peer_ns, probe_if
+
+
+@pytest.fixture
+def quiet_veth():
+    """A veth pair (MTU 9000) whose ends have no address and no IPv6, so that what the probe
+    captures is exactly what the test replays from the peer. Yields (probe namespace, peer
+    namespace, probe interface, peer interface)."""
+    yield from _veth_pair(quiet=True)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, live
 
 pytest.importorskip("zmq")
 
@@ -121,3 +121,21 @@ def test_relay_table_accounted(relay_quick):
             assert run["sent"] == run["received"] + run["relay_drops"] \
                 + (run["kernel_drops"] or 0) + run["unaccounted"]
             assert run["datagrams_per_s"] > 0
+
+
+@live
+def test_live_bench_quick_runs_end_to_end(tmp_path):
+    """`python -m bench live --quick` (two rows): a veth pair, the generator, every packet sent
+    accounted as received or dropped by the kernel."""
+    stem = tmp_path / "live"
+    p = subprocess.run([sys.executable, "-m", "bench", "live", "--quick", "--only",
+                        "ring,tcpdump", "--out", str(stem)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(stem.with_suffix(".json").read_text())
+    assert "ring" in res["rows"] and "| `flowprobe -i IFACE` (ring) |" in p.stdout
+    for row in res["rows"].values():
+        assert len(row["runs"]) == 2
+        for r in row["runs"]:
+            assert r["sent"] == res["packets"] > 0
+            assert 0 < r["received"] and r["received"] + r["kernel_drops"] <= r["sent"]

@@ -21,6 +21,7 @@ ALLOWLIST = r"""
 engine\..*\.__reduce_cython__
 engine\..*\.__setstate_cython__
 engine\..*\.__test__
+engine\.sources\._ring\.Ring\.__buffer__
 engine\..*\.__init__
 """
 
@@ -59,8 +60,9 @@ def stub_constructors():
             init = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
             assert init, f"{name}.{cls.name}: the stub has no __init__"
             args = init[0].args
-            assert not (args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs)
-            yield name, cls.name, [a.arg for a in args.args[1:]]
+            assert not (args.vararg or args.kwarg or args.posonlyargs)
+            yield name, cls.name, ([a.arg for a in args.args[1:]],
+                                   [a.arg for a in args.kwonlyargs])
 
 
 def call_error(cls, *args, **kwargs) -> str:
@@ -77,11 +79,13 @@ def call_error(cls, *args, **kwargs) -> str:
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_constructor_parameters_match_the_stubs(module, cls, params):
     """The constructor takes exactly as many positional arguments as the stub lists, and accepts
-    each of them by the stub's name (a name it does not know is refused, so this can fail)."""
+    each parameter, keyword-only ones too, by the stub's name (a name it does not know is
+    refused, so this can fail)."""
+    positional, keyword_only = params
     kind = getattr(importlib.import_module(module), cls)
-    too_many = call_error(kind, *[object()] * (len(params) + 1))
+    too_many = call_error(kind, *[object()] * (len(positional) + 1))
     m = re.search(r"takes (?:at most|exactly) (\d+) positional argument", too_many)
-    assert m and int(m.group(1)) == len(params), too_many
+    assert m and int(m.group(1)) == len(positional), too_many
     assert "unexpected keyword argument" in call_error(kind, no_such_parameter=object())
-    for p in params:
+    for p in positional + keyword_only:
         assert "unexpected keyword argument" not in call_error(kind, **{p: object()}), p

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-packages=(python3 python3-venv python3-dev gcc libc6-dev)
+packages=(python3 python3-venv python3-dev gcc libc6-dev libpcap-dev)
 extras=""
 if [ "${1:-}" = "--test" ]; then
     packages+=(iproute2 softflowd nfdump tshark tcpdump pmacct libndpi-dev tcpreplay)
@@ -23,3 +23,5 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-rec
 # an editable install is not byte-compiled, and where PYTHONDONTWRITEBYTECODE is set nothing
 # would ever be: every start would compile the package again (~80 ms of a 0.3 s start)
 .venv/bin/python -m compileall -q engine bench tools >/dev/null
+# the load generator of the live tests and benchmarks (C, libpcap)
+.venv/bin/python tools/loadgen.py --build >/dev/null

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -58,8 +59,13 @@ class Source:
 # --- what to open ------------------------------------------------------------------------------
 class InputKind(enum.Enum):
     FILE = "file"            # pcap/pcapng, read in place (or through libpcap with a BPF filter)
-    LIVE = "live"            # a network interface
-    PFRING = "pfring"        # a network interface through PF_RING
+    RING = "ring"            # an interface through our TPACKET_V3 ring (Linux, Ethernet/loopback)
+    PCAP = "pcap"            # an interface through libpcap (pcap:IFACE, 'any', tun/PPP, not Linux)
+    PFRING = "pfring"        # an interface through PF_RING
+
+    @property
+    def live(self) -> bool:
+        return self is not InputKind.FILE
 
 
 @dataclass(frozen=True)
@@ -76,14 +82,47 @@ class SourcePlan:
     snaplen: int = 65535
     promisc: bool = True
     fanout_group: Optional[int] = None      # live workers: one PACKET_FANOUT group / PF_RING cluster
+    buffer_kib: int = 64 * 1024             # the ring's (or libpcap's) buffer
+    block_kib: int = 1024                   # the ring's block: one batch
 
     def kinds(self) -> set:
         return {i.kind for i in self.inputs}
 
 
+RING_HARDWARE_TYPES = (1, 772)        # ARPHRD_ETHER, ARPHRD_LOOPBACK: frames with Ethernet headers
+
+
+def _hardware_type(iface: str) -> Optional[int]:
+    try:
+        with open(f"/sys/class/net/{iface}/type") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def classify_interface(name: str, pfring: bool = False) -> Input:
+    """How an `-i` value that names an interface is captured (the module docstring of
+    engine.sources says which), or one error line when it names none. Opens nothing."""
+    prefix, _, rest = name.partition(":")
+    if prefix in ("pcap", "pfring") and rest:
+        kind, iface = prefix, rest
+    else:
+        kind, iface = ("pfring" if pfring else ""), name
+    if kind == "pfring":                 # PF_RING has names of its own (zc:eth1): it checks them
+        from engine.sources.pfring import require_binding
+        require_binding()                  # one clear line now if PF_RING is not built
+        return Input(InputKind.PFRING, iface)
+    hw = _hardware_type(iface)
+    if hw is None and iface != "any":
+        raise FlowprobeError(f"{name!r}: no such capture file or network interface")
+    if kind == "pcap" or not sys.platform.startswith("linux") or hw not in RING_HARDWARE_TYPES:
+        return Input(InputKind.PCAP, iface)
+    return Input(InputKind.RING, iface)
+
+
 def plan_sources(capture) -> SourcePlan:
-    """Classify ``-i`` values (list files expanded, 'none' skipped): files, interfaces, PF_RING
-    interfaces; anything else is one clear error. ``capture`` is engine.options.CaptureOptions."""
+    """Classify ``-i`` values (list files expanded, 'none' skipped): files and interfaces;
+    anything else is one clear error. ``capture`` is engine.options.CaptureOptions."""
     from engine.sources.pcapfile import expand_inputs
     inputs = []
     for item in expand_inputs(list(capture.inputs)):
@@ -91,17 +130,11 @@ def plan_sources(capture) -> SourcePlan:
             continue
         if os.path.exists(item):
             inputs.append(Input(InputKind.FILE, item))
-        elif item.startswith("pfring:"):
-            inputs.append(Input(InputKind.PFRING, item.split(":", 1)[1]))
-        elif os.path.exists(f"/sys/class/net/{item}") or item in ("any", "lo"):
-            inputs.append(Input(InputKind.PFRING if capture.pfring else InputKind.LIVE, item))
         else:
-            raise FlowprobeError(f"{item!r}: no such capture file or network interface")
-    if any(i.kind is InputKind.PFRING for i in inputs):
-        from engine.sources.pfring import require_binding
-        require_binding()                  # one clear line now if PF_RING is not built
+            inputs.append(classify_interface(item, capture.pfring))
     return SourcePlan(tuple(inputs), bpf=capture.bpf, snaplen=capture.snaplen,
-                      promisc=capture.promisc)
+                      promisc=capture.promisc, buffer_kib=capture.buffer_kib,
+                      block_kib=capture.block_kib)
 
 
 def open_source(plan: SourcePlan, item: Input) -> Source:
@@ -115,9 +148,15 @@ def open_source(plan: SourcePlan, item: Input) -> Source:
         from engine.sources.pfring import PfringSource
         return PfringSource(item.name, snaplen=plan.snaplen, promisc=plan.promisc, bpf=plan.bpf,
                             cluster_id=plan.fanout_group)
-    from engine.sources.live import PcapySource
-    return PcapySource(item.name, live=True, snaplen=plan.snaplen, promisc=plan.promisc,
-                       bpf=plan.bpf, fanout_group=plan.fanout_group)
+    if item.kind is InputKind.PCAP:
+        from engine.sources.live import PcapySource
+        return PcapySource(item.name, live=True, snaplen=plan.snaplen, promisc=plan.promisc,
+                           bpf=plan.bpf, fanout_group=plan.fanout_group,
+                           buffer_bytes=plan.buffer_kib * 1024)
+    from engine.sources.ring import RingSource
+    return RingSource(item.name, snaplen=plan.snaplen, promisc=plan.promisc, bpf=plan.bpf,
+                      fanout_group=plan.fanout_group, buffer_kib=plan.buffer_kib,
+                      block_kib=plan.block_kib)
 
 
 def open_sources(plan: SourcePlan) -> list[Source]:

@@ -39,7 +39,7 @@ class PcapySource(Source):
 
     def __init__(self, name: str, *, live: bool, snaplen: int = 65535, promisc: bool = True,
                  bpf: Optional[str] = None, batch: int = 4096, timeout_ms: int = 100,
-                 fanout_group: Optional[int] = None):
+                 fanout_group: Optional[int] = None, buffer_bytes: int = 64 << 20):
         import pcapy
         super().__init__(name)
         self.live = live
@@ -51,7 +51,7 @@ class PcapySource(Source):
                 self.handle.set_snaplen(snaplen)
                 self.handle.set_promisc(1 if promisc else 0)
                 self.handle.set_timeout(timeout_ms)
-                self.handle.set_buffer_size(64 << 20)
+                self.handle.set_buffer_size(buffer_bytes)
                 status = self.handle.activate()    # libpcap reports failure as a status
                 if status < 0:
                     raise FlowprobeError(f"{name!r}: " + ACTIVATE_ERRORS.get(
