@@ -2,6 +2,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("FLOWPROBE_SHARED", ROOT.parent / "shared"))
 PCAPS = SHARED / "pcaps"
+# .ci/run sets FLOWPROBE_CI: there every tool and privilege a test needs is installed by
+# tools/setup-debian.sh --test, so a missing one is a failure, not a reason to test less
+CI = bool(os.environ.get("FLOWPROBE_CI"))
+NO_SHARED = f"development captures not found at {PCAPS}"
 
 
 def corpus_files():
@@ -18,17 +23,83 @@ def corpus_files():
                   if p.suffix in (".pcap", ".pcapng", ".cap") and p.is_file())
 
 
+def corpus_params():
+    """The development captures as parameters, or one parameter that skips with the reason."""
+    return corpus_files() or [pytest.param(None, marks=pytest.mark.skip(reason=NO_SHARED),
+                                           id="no-development-set")]
+
+
 @pytest.fixture(scope="session")
 def pcaps_dir():
     if not PCAPS.is_dir():
-        pytest.skip(f"development captures not found at {PCAPS}")
+        pytest.skip(NO_SHARED)
     return PCAPS
+
+
+# --- what a test needs: a tool, a library, root -----------------------------------------------
+TOOL_PATHS = {"softflowd": "/usr/sbin/softflowd", "pmacctd": "/usr/sbin/pmacctd"}
+
+
+def tool(name: str) -> str:
+    """The path of a program the test runs (``unavailable`` when it is not installed)."""
+    path = shutil.which(name) or TOOL_PATHS.get(name)
+    if not path or not os.access(path, os.X_OK):
+        unavailable(f"{name} not installed (tools/setup-debian.sh --test installs it)")
+    return path
+
+
+def unavailable(reason: str):
+    """Something the test needs is missing here: skip with the reason, or fail in CI."""
+    if CI:
+        pytest.fail(f"{reason}; FLOWPROBE_CI is set, so this is a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tools(*names): programs the test runs")
+    config.addinivalue_line("markers", "root: the test needs root (network namespaces, capture)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("tools"):
+        for name in mark.args:
+            tool(name)
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        unavailable("needs root (network namespaces, live capture)")
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "the condition", step: float = 0.02):
+    """Poll ``condition`` until it returns something true, and return that; fail the test with
+    ``what`` when ``timeout`` seconds pass first. Readiness is observed, never slept for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+def packet_socket_open(pid: int, ifindex=None) -> bool:
+    """Whether process ``pid`` has a packet socket open (bound to ``ifindex`` if given), read
+    from /proc: the capture handle exists and is bound, so packets sent now are captured."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+        rows = pathlib.Path(f"/proc/{pid}/net/packet").read_text().splitlines()[1:]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    for row in rows:          # sk RefCnt Type Proto Iface R Rmem User Inode
+        cols = row.split()
+        if cols[8] in inodes and cols[5] == "1" and (ifindex is None or int(cols[4]) == ifindex):
+            return True
+    return False
 
 
 # --- live capture on a veth pair between two network namespaces the test creates -------------
 HOST_IP, NS_IP = "192.0.2.1", "192.0.2.2"        # TEST-NET-1, only on the test's own veth pair
-live = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                          reason="live capture on veth needs root and iproute2")
+live = pytest.mark.root
 
 
 def _sh(*cmd):
@@ -39,6 +110,7 @@ def _sh(*cmd):
 def veth():
     """Two namespaces joined by a veth pair: the probe captures in one (HOST_IP), the test sends
     from the other (NS_IP). Yields (probe namespace, peer namespace, probe interface)."""
+    tool("ip")
     tag = uuid.uuid4().hex[:6]
     probe_ns, peer_ns, probe_if, peer_if = f"fpp{tag}", f"fpq{tag}", f"fpa{tag}", f"fpb{tag}"
     try:
@@ -48,12 +120,19 @@ def veth():
             peer_if, "netns", peer_ns)
         _sh("ip", "-n", probe_ns, "addr", "add", f"{HOST_IP}/24", "dev", probe_if)
         _sh("ip", "-n", probe_ns, "link", "set", probe_if, "up")
+        _sh("ip", "-n", probe_ns, "link", "set", "lo", "up")
         _sh("ip", "-n", peer_ns, "addr", "add", f"{NS_IP}/24", "dev", peer_if)
         _sh("ip", "-n", peer_ns, "link", "set", peer_if, "up")
     except subprocess.CalledProcessError as e:
         for ns in (probe_ns, peer_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
+        unavailable(f"cannot create a veth pair in namespaces here: {e.stderr.decode().strip()}")
     yield probe_ns, peer_ns, probe_if
     for ns in (probe_ns, peer_ns):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def ifindex(namespace: str, name: str) -> int:
+    out = subprocess.run(["ip", "-n", namespace, "-o", "link", "show", name], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split(":", 1)[0])
