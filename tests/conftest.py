@@ -1,7 +1,10 @@
 import os
 import pathlib
 import shutil
+import re
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 
@@ -95,6 +98,59 @@ def packet_socket_open(pid: int, ifindex=None) -> bool:
         if cols[8] in inodes and cols[5] == "1" and (ifindex is None or int(cols[4]) == ifindex):
             return True
     return False
+
+
+# --- a process under test --------------------------------------------------------------------
+class Running:
+    """A flowprobe process whose stderr is read line by line in a thread."""
+
+    def __init__(self, cmd, stdout=subprocess.DEVNULL, env=None):
+        self.out = None
+        if stdout == subprocess.PIPE:      # a file: a full pipe would stall the probe
+            self.out = tempfile.TemporaryFile("w+")
+            stdout = self.out
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE,
+                                     text=True,
+                                     env=env or {**os.environ, "PYTHONPATH": str(ROOT)})
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern, timeout=30.0):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc.poll() is not None and not self.thread.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def stdout(self) -> str:
+        """What the process has written to its stdout so far (stdout=subprocess.PIPE)."""
+        self.out.seek(0)
+        return self.out.read()
+
+    def finish(self, timeout=60):
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.proc.kill()
+        self.thread.join(5)
+        out = ""
+        if self.out is not None:
+            self.out.seek(0)
+            out = self.out.read()
+            self.out.close()
+        return out, "\n".join(self.lines)
+
 
 
 # --- live capture on a veth pair between two network namespaces the test creates -------------
