@@ -84,6 +84,16 @@ def wait_until(condition, timeout: float = 15.0, what: str = "the condition", st
         time.sleep(step)
 
 
+def udp_queue(port: int):
+    """(bytes queued, datagrams the kernel dropped) of the UDP socket bound to ``port``, from
+    /proc/net/udp{,6}; None when nothing is bound to it."""
+    from engine.collect import udp_socket_rows
+    for row in udp_socket_rows():
+        if int(row[1].rsplit(":", 1)[1], 16) == port:
+            return int(row[4].split(":")[1], 16), int(row[12])
+    return None
+
+
 def packet_socket_open(pid: int, ifindex=None) -> bool:
     """Whether process ``pid`` has a packet socket open (bound to ``ifindex`` if given), read
     from /proc: the capture handle exists and is bound, so packets sent now are captured."""
@@ -192,3 +202,31 @@ def ifindex(namespace: str, name: str) -> int:
     out = subprocess.run(["ip", "-n", namespace, "-o", "link", "show", name], check=True,
                          capture_output=True, text=True).stdout
     return int(out.split(":", 1)[0])
+
+
+# --- inputs the project makes (no file from outside the repository) ----------------------------
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """tools/gen_cases.py's captures: case name -> (path, sidecar)."""
+    import cases
+    return cases.write(tmp_path_factory.mktemp("cases"))
+
+
+@pytest.fixture(scope="session")
+def traffic(tmp_path_factory):
+    """A tools/gen_pcap.py capture (3,000 packets, 300 flows, IPv4 and IPv6, TCP and UDP):
+    (path, sidecar)."""
+    import json
+    import sys
+    path = tmp_path_factory.mktemp("traffic") / "traffic.pcap"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "3",
+                    "--packets", "3000", "--flows", "300", "--duration", "20", "-q", "-o",
+                    str(path)], check=True, timeout=120)
+    return path, json.loads(pathlib.Path(str(path) + ".json").read_text())
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, traffic):
+    """softflowd's and pmacctd's exports of ``traffic``, recorded here (tests/recorded.py)."""
+    import recorded
+    return recorded.record(tmp_path_factory.mktemp("exports"), traffic[0])

@@ -1,4 +1,6 @@
-"""Real export captures (softflowd, pmacctd) decode to what tshark's dissector sees in them."""
+"""Real exporters' datagrams (softflowd, pmacctd) decode to what tshark's dissector sees in them:
+the exports this session records (tests/recorded.py), and those of ../shared/pcaps/exports and
+of real devices where the development set is there."""
 from __future__ import annotations
 
 import collections
@@ -13,7 +15,7 @@ from engine.collect.collector import Collector
 
 from conftest import PCAPS, tool
 
-EXPORTS = PCAPS / "exports"
+SHARED_EXPORTS = PCAPS / "exports"
 NF_FILES = ["softflowd-netflow-v5.pcap", "softflowd-netflow-v9.pcap", "softflowd-ipfix.pcap",
             "pmacctd-nfprobe-ipfix.pcap"]
 
@@ -111,21 +113,30 @@ def addr_texts(recs, col, version):
     return sorted(socket.inet_ntop(fam, bytes(a[:width])) for a in sel)
 
 
+def export_sets(recorded):
+    """The recorded exports, and the development set's when it is there."""
+    return [recorded] + ([SHARED_EXPORTS] if SHARED_EXPORTS.is_dir() else [])
+
+
 @pytest.mark.tools("tshark")
 @pytest.mark.parametrize("name", NF_FILES)
-def test_netflow_ipfix_exports_match_tshark(name, pcaps_dir):
+def test_netflow_ipfix_exports_match_tshark(name, exports):
+    for directory in export_sets(exports):
+        check_netflow_export(directory / name)
+
+
+def check_netflow_export(path):
     """Record for record: tshark's dissection of every flow record of a real exporter's stream
     against what the collector made of it, each record one tuple (a value on the wrong record
     changes two of them). The collector decodes a datagram template by template, so the order
     within a datagram differs."""
-    path = EXPORTS / name
     recs, col = collect_file(path)
     theirs = collections.Counter(tshark_tuples(tshark_records(path)))
     ours = collections.Counter(record_tuples(recs))
     assert sum(ours.values()) == sum(theirs.values()) > 0
     assert ours == theirs, (list((ours - theirs).items())[:3], list((theirs - ours).items())[:3])
     st = col.stats()["exporters"]["127.0.0.1"]
-    assert st["datagrams"] == 20 and st["records"] == len(recs)
+    assert st["datagrams"] == len(udp_payloads(path)) and st["records"] == len(recs)
     assert st["bad"] == {} and st["lost"] == 0
     # every record carries the exporter, interfaces and observation domain columns
     assert (recs["exporter_ip_version"] == 4).all()
@@ -134,8 +145,13 @@ def test_netflow_ipfix_exports_match_tshark(name, pcaps_dir):
     assert (recs["first_ms"] > 1_600_000_000_000).all()
 
 
-def test_sflow_export_matches_tshark(pcaps_dir):
-    path = EXPORTS / "pmacctd-sflow-v5.pcap"
+@pytest.mark.tools("tshark")
+def test_sflow_export_matches_tshark(exports):
+    for directory in export_sets(exports):
+        check_sflow_export(directory / "pmacctd-sflow-v5.pcap")
+
+
+def check_sflow_export(path):
     recs, col = collect_file(path)
     t = tshark_fields(path, ["sflow_245.header.frame_length", "sflow.flow_sample.sampling_rate",
                              "sflow_245.header.payload_stripped"])
@@ -149,8 +165,10 @@ def test_sflow_export_matches_tshark(pcaps_dir):
     # IP-layer bytes = frame length - stripped FCS - the 14-byte Ethernet header
     frame = sorted(int(f) - int(s) - 14 for f, s in zip(t["sflow_245.header.frame_length"],
                                                        t["sflow_245.header.payload_stripped"]))
-    assert sorted(recs["in_bytes"].tolist()) == frame
-    assert (recs["in_pkts"] == 1).all()
+    # a sampled SYN-ACK makes its receiver the client (DESIGN.md): its packet is an OUT one
+    assert sorted((recs["in_bytes"] + recs["out_bytes"]).tolist()) == frame
+    assert (recs["in_pkts"] + recs["out_pkts"] == 1).all()
+    assert (recs["out_pkts"] == (recs["server_tcp_flags"] == 0x12)).all()
 
 
 @pytest.mark.tools("tshark")
@@ -164,21 +182,55 @@ def test_sflow_counter_and_upscale(pcaps_dir):
     assert raw["in_pkts"][0] == 1 and raw["in_bytes"][0] * rate == recs["in_bytes"][0]
 
 
-def test_v9_data_without_templates_is_counted(pcaps_dir):
+def sets_of(d: bytes, header: int) -> list[bytes]:
+    """The flowsets / sets of one v9 (header 20) or IPFIX (header 16) datagram."""
+    off, out = header, []
+    while off + 4 <= len(d):
+        sid, ln = struct.unpack_from(">HH", d, off)
+        out.append(d[off:off + ln])
+        off += ln
+    return out
+
+
+def test_v9_data_without_templates_is_counted(exports):
+    """softflowd's stream with every template flowset taken out, as netflowv9.pcap (a real
+    device's) has them: every data flowset is held for a template that never comes."""
+    grams = []
+    for d, a, t in udp_payloads(exports / "softflowd-netflow-v9.pcap"):
+        data = [fs for fs in sets_of(d, 20) if struct.unpack_from(">H", fs)[0] >= 256]
+        grams.append((d[:20] + b"".join(data), a, t))
+    col = Collector("passthrough")
+    assert len(col.feed(grams)) == 0
+    st = col.stats()["exporters"]["127.0.0.1"]
+    assert st["no_template"] == sum(len(sets_of(d, 20)) for d, _, _ in grams) > 0
+    assert st["records"] == 0
+
+
+def test_ipfix_templates_only(exports):
+    d, a, t = udp_payloads(exports / "softflowd-ipfix.pcap")[0]
+    only = [s for s in sets_of(d, 16) if struct.unpack_from(">H", s)[0] in (2, 3)]
+    body = b"".join(only)
+    col = Collector("passthrough")
+    recs = col.feed([(d[:2] + struct.pack(">H", 16 + len(body)) + d[4:16] + body, a, t)])
+    assert len(recs) == 0
+    st = col.stats()["exporters"]["127.0.0.1"]
+    assert st["templates"] == sum(struct.unpack_from(">H", s, 2)[0] > 4 for s in only) > 0
+    assert st["bad"] == {}
+
+
+def test_real_devices_templates_and_data_apart(pcaps_dir):
+    """netflowv9.pcap: a device's v9 data with no template; netflow-fritz.pcap: a FRITZ!Box's
+    IPFIX templates with no data."""
     recs, col = collect_file(PCAPS / "netflowv9.pcap")
     assert len(recs) == 0
-    st = col.stats()["exporters"]
-    assert sum(e["no_template"] for e in st.values()) > 0
-
-
-def test_ipfix_templates_only(pcaps_dir):
+    assert sum(e["no_template"] for e in col.stats()["exporters"].values()) > 0
     recs, col = collect_file(PCAPS / "netflow-fritz.pcap")
     assert len(recs) == 0
     assert sum(e["templates"] for e in col.stats()["exporters"].values()) > 0
 
 
-def test_data_before_template_is_held_then_decoded(pcaps_dir):
-    dg = udp_payloads(EXPORTS / "softflowd-netflow-v9.pcap")
+def test_data_before_template_is_held_then_decoded(exports):
+    dg = udp_payloads(exports / "softflowd-netflow-v9.pcap")
     col = Collector("passthrough")
     col.pending_age = 1e12
     first = dg[0][0]
@@ -195,9 +247,8 @@ def test_data_before_template_is_held_then_decoded(pcaps_dir):
     r1 = col.feed([(a, "127.0.0.1", 1.0)])
     assert len(r1) == 0
     r2 = col.feed([(b, "127.0.0.1", 1.5)])
-    direct, _ = collect_file(EXPORTS / "softflowd-netflow-v9.pcap")
-    n_first = len(Collector("passthrough").feed([dg[0]]))
-    assert len(r2) == n_first > 0
+    direct = Collector("passthrough").feed([dg[0]])
+    assert len(r2) == len(direct) > 0
     st = col.stats()["exporters"]["127.0.0.1"]
     assert st["no_template"] >= 1 and st["no_template_decoded"] == st["no_template"]
-    assert np.array_equal(np.sort(r2["in_bytes"]), np.sort(direct["in_bytes"][:n_first]))
+    assert np.array_equal(np.sort(r2["in_bytes"]), np.sort(direct["in_bytes"]))

@@ -2,6 +2,7 @@
 (variable-length and enterprise elements, reverse elements, every timestamp form, withdrawal)."""
 from __future__ import annotations
 
+import socket
 import struct
 
 import numpy as np
@@ -11,37 +12,33 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from engine.collect.collector import Collector
 from engine.collect.template import NTP_EPOCH_OFFSET
 
-from conftest import PCAPS
-from test_collect_exports import EXPORTS, udp_payloads
-
-ALL = ["softflowd-netflow-v5.pcap", "softflowd-netflow-v9.pcap", "softflowd-ipfix.pcap",
-       "pmacctd-nfprobe-ipfix.pcap", "pmacctd-sflow-v5.pcap"]
+from recorded import NAMES
+from test_collect_exports import udp_payloads
 
 
-def real_datagrams():
-    out = []
-    for name in ALL:
-        p = EXPORTS / name
-        if p.exists():
-            out += [d for d, _a, _t in udp_payloads(p)]
-    return out
+@pytest.fixture(scope="module")
+def real(exports) -> list[bytes]:
+    """Every datagram of the recorded softflowd and pmacctd exports."""
+    return [d for name in NAMES for d, _a, _t in udp_payloads(exports / name)]
 
 
-REAL = real_datagrams() if EXPORTS.is_dir() else []
-
-
-def warmed() -> Collector:
+def warmed(real) -> Collector:
     """A collector that has seen every real stream (so it knows their templates)."""
     col = Collector("passthrough")
-    col.feed([(d, "127.0.0.1", 1.0) for d in REAL])
+    col.feed([(d, "127.0.0.1", 1.0) for d in real])
     return col
 
 
-def test_truncated_real_datagrams_are_counted(pcaps_dir):
-    col = warmed()
+@pytest.fixture(scope="module")
+def fuzzed(real) -> Collector:
+    return warmed(real)
+
+
+def test_truncated_real_datagrams_are_counted(real):
+    col = warmed(real)
     before = col.totals["bad_datagrams"]
     fed = 0
-    for d in REAL:
+    for d in real:
         for cut in range(0, len(d), 23):
             col.feed([(d[:cut], "10.0.0.1", 2.0)])
             fed += 1
@@ -59,29 +56,42 @@ def test_truncated_real_datagrams_are_counted(pcaps_dir):
 prefixes = st.sampled_from([b"\x00\x05", b"\x00\x09", b"\x00\x0a", b"\x00\x00\x00\x05", b""])
 
 
+def accounted(col: Collector, datagrams: list, exporter: str) -> np.ndarray:
+    """Feed ``datagrams``: each one is counted, and every record it gave counted too."""
+    before = (col.totals["datagrams"], col.totals["records"],
+              col.exporters[exporter].stats["datagrams"] if exporter in col.exporters else 0)
+    recs = col.feed([(d, exporter, 3.0) for d in datagrams])
+    after = (col.totals["datagrams"], col.totals["records"],
+             col.exporters[exporter].stats["datagrams"])
+    assert after == (before[0] + len(datagrams), before[1] + len(recs),
+                     before[2] + len(datagrams))
+    fam = {4: 4, 6: 16}
+    for r in recs:                             # a record is one of this exporter's
+        n = fam[int(r["exporter_ip_version"])]
+        assert bytes(r["exporter_addr"][:n]) == socket.inet_pton(
+            socket.AF_INET if n == 4 else socket.AF_INET6, exporter)
+    return recs
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(prefix=prefixes, body=st.binary(max_size=600))
-def test_random_datagrams_never_raise(prefix, body):
-    col = _FUZZ
-    col.feed([(prefix + body, "10.9.9.9", 3.0)])
+def test_random_datagrams_never_raise(fuzzed, prefix, body):
+    bad = fuzzed.totals["bad_datagrams"]
+    recs = accounted(fuzzed, [prefix + body], "10.9.9.9")
+    if not prefix:                             # no known version: counted as bad, nothing else
+        assert fuzzed.totals["bad_datagrams"] == bad + 1 and len(recs) == 0
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(idx=st.integers(min_value=0, max_value=10 ** 6), flips=st.lists(
     st.tuples(st.integers(min_value=0, max_value=1500), st.integers(min_value=0, max_value=255)),
     min_size=1, max_size=8))
-def test_mutated_real_datagrams_never_raise(idx, flips):
-    if not REAL:
-        pytest.skip("no export captures")
-    d = bytearray(REAL[idx % len(REAL)])
+def test_mutated_real_datagrams_never_raise(fuzzed, real, idx, flips):
+    d = bytearray(real[idx % len(real)])
     for pos, val in flips:
         if pos < len(d):
             d[pos] = val
-    recs = _FUZZ.feed([(bytes(d), "127.0.0.1", 3.0)])
-    assert recs.dtype.names is not None
-
-
-_FUZZ = warmed() if REAL else Collector()
+    accounted(fuzzed, [bytes(d)], "127.0.0.1")
 
 
 def v9(seq, flowsets, source_id=0, uptime=100000, secs=1700000000):
@@ -219,17 +229,25 @@ def test_ipfix_varlen_enterprise_reverse_and_withdrawal():
 
 
 def test_bad_packets_are_dumped(tmp_path):
+    """The dump holds each rejected datagram as sent, from its exporter (read back by dpkt)."""
+    import dpkt
     from engine.collect import BadPacketWriter
     w = BadPacketWriter(str(tmp_path / "bad.pcap"))
     col = Collector(bad_dump=w)
-    col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.1", 1.0),
+    col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.2", 1.0),
               (v9(0, []), "10.8.0.1", 1.0)])
     w.close()
     assert w.written == 2
-    from engine._fastpath import PcapReader, META_DTYPE
-    meta = np.zeros(16, META_DTYPE)
-    with PcapReader(str(tmp_path / "bad.pcap")) as rd:
-        assert rd.next_batch(meta) == 2
+    with open(tmp_path / "bad.pcap", "rb") as f:
+        rd = dpkt.pcap.Reader(f)
+        frames = [buf for _, buf in rd]
+        link = rd.datalink()
+    got = []
+    for buf in frames:
+        ip = dpkt.ethernet.Ethernet(buf).data if link == dpkt.pcap.DLT_EN10MB else \
+            dpkt.ip.IP(buf)
+        got.append((socket.inet_ntoa(ip.src), bytes(ip.data.data)))
+    assert got == [("10.8.0.1", b"\x00\x07garbage"), ("10.8.0.2", b"\x00")]
 
 
 def _compact_to_expanded(d: bytes) -> bytes:
@@ -253,8 +271,8 @@ def _compact_to_expanded(d: bytes) -> bytes:
     return bytes(out)
 
 
-def test_sflow_expanded_samples_and_ipv6_agent(pcaps_dir):
-    dg = udp_payloads(EXPORTS / "pmacctd-sflow-v5.pcap")
+def test_sflow_expanded_samples_and_ipv6_agent(exports):
+    dg = udp_payloads(exports / "pmacctd-sflow-v5.pcap")
     compact = Collector("passthrough").feed(dg)
     exp = Collector("passthrough").feed([(_compact_to_expanded(d), a, t) for d, a, t in dg])
     assert len(exp) == len(compact) > 0

@@ -14,9 +14,7 @@ import time
 
 import pytest
 
-import cases
-from conftest import PCAPS, ROOT, tool, wait_until
-from engine.collect import udp_socket_rows
+from conftest import PCAPS, ROOT, tool, udp_queue, wait_until
 from test_collect_live import udp_bound
 
 VERSIONS = (5, 9, 10)
@@ -29,9 +27,6 @@ def pcap(name):
     return str(p)
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    return cases.write(tmp_path_factory.mktemp("cases"))
 
 
 def flowprobe(*args, timeout=60):
@@ -126,14 +121,6 @@ def nfcapd_collect(tmp_path, port, run):
         r["sa"], r["da"] = (str(ipaddress.ip_address(r[k])) for k in ("sa", "da"))
         rows.append(tuple(r[k] for k in NFDUMP_FIELDS))
     return sorted(rows), result
-
-
-def udp_queue(port: int):
-    """(bytes queued, datagrams dropped) of the UDP socket bound to ``port`` (/proc/net/udp)."""
-    for row in udp_socket_rows():
-        if int(row[1].rsplit(":", 1)[1], 16) == port:
-            return int(row[4].split(":")[1], 16), int(row[12])
-    return None
 
 
 def flags_text(flags: int) -> str:
