@@ -2,6 +2,7 @@
 (variable-length and enterprise elements, reverse elements, every timestamp form, withdrawal)."""
 from __future__ import annotations
 
+import socket
 import struct
 
 import numpy as np
