@@ -3,7 +3,8 @@
 * Destinations: ``-n HOST:PORT`` (repeatable, ``[v6addr]:PORT`` for IPv6); datagrams go round
   robin across them, or every datagram to every one with ``-a``. Each destination has its own
   sequence numbers and template state, so each collector sees one consistent stream.
-* ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX); ntop's elements go as
+* ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX; default @NTOPNG@ and
+  ICMP_TYPE); ntop's elements go as
   57472+n in v9 and under PEN 35632 in IPFIX. Fields with no NetFlow id or length 0 in the
   registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe fields are skipped, said once
   on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
@@ -53,6 +54,9 @@ V9_HEADER = struct.Struct(">HHIIII")            # 20 bytes
 IPFIX_HEADER = struct.Struct(">HHIII")          # 16 bytes
 SET_HEADER = struct.Struct(">HH")
 UPTIME_SLACK_MS = 60_000
+# without -T: ntopng's fields and the ICMP type, which v9/IPFIX carry in their own element
+# (ports are 0 for ICMP) and which a collector would otherwise never see
+DEFAULT_FIELDS = "@NTOPNG@ %ICMP_TYPE"
 # the widest span of flow times one v5/v9 datagram can carry: every time, and the header's
 # export second, within 32 bits of uptime milliseconds from the datagram's base
 MAX_SPAN_MS = 0xFFFFFFFF - UPTIME_SLACK_MS - 2000
@@ -210,7 +214,7 @@ class NetFlowExporter:
         self.templates: list[WireTemplate] = []
         self._pending: dict[int, list[bytes]] = {}
         if version != 5:
-            tmpl = template if template is not None else parse_template(None)
+            tmpl = template if template is not None else parse_template(DEFAULT_FIELDS)
             skipped: list[str] = []
             wf = wire_fields(tmpl, version, self.warn, skipped)
             self.counters["netflow_fields_not_carried"] = len(skipped)
@@ -553,7 +557,7 @@ def from_args(args, config) -> list:
     template = None
     if args.flow_version != 5:
         try:
-            template = parse_template(getattr(args, "flow_templ", None))
+            template = parse_template(getattr(args, "flow_templ", None) or DEFAULT_FIELDS)
         except (TemplateError, ValueError) as e:
             raise FlowprobeError(f"-T: {e}", status=2) from None
     return [NetFlowExporter(dests, version=args.flow_version, template=template,
