@@ -61,6 +61,7 @@ def unavailable(reason: str):
 def pytest_configure(config):
     config.addinivalue_line("markers", "tools(*names): programs the test runs")
     config.addinivalue_line("markers", "root: the test needs root (network namespaces, capture)")
+    config.addinivalue_line("markers", "curve: the test needs libzmq with CURVE")
 
 
 def pytest_runtest_setup(item):
@@ -69,6 +70,10 @@ def pytest_runtest_setup(item):
             tool(name)
     if item.get_closest_marker("root") and os.geteuid() != 0:
         unavailable("needs root (network namespaces, live capture)")
+    if item.get_closest_marker("curve"):
+        import zmq
+        if not zmq.has("curve"):
+            unavailable("libzmq without CURVE")
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "the condition", step: float = 0.02):

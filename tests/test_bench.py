@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unavailable
 
-pytest.importorskip("zmq")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_export_rows_accounted(quick):
 
 
 def test_charts(quick):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a test extra)
     charts = quick[1]["charts"]
     assert len(charts) == 3
     for c in charts:
@@ -96,9 +95,9 @@ def test_charts(quick):
 # --- python -m bench relay --quick: flowrelay's forwarding table ------------------------------
 @pytest.fixture(scope="module")
 def relay_quick(tmp_path_factory):
-    zmq = pytest.importorskip("zmq")
+    import zmq
     if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
+        unavailable("libzmq without CURVE")
     stem = tmp_path_factory.mktemp("bench-relay") / "relay"
     p = subprocess.run([sys.executable, "-m", "bench", "relay", "--quick", "--out", str(stem)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -14,8 +14,8 @@ import zlib
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
-dpkt = pytest.importorskip("dpkt")
+import dpkt  # noqa: E402
+import zmq  # noqa: E402
 
 from conftest import ROOT, corpus_files  # noqa: E402
 from test_zmq_tlv import _load_ndpi, ndpi_decode  # noqa: E402

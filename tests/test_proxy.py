@@ -8,8 +8,6 @@ flowprobe counts (``netflow_conversion_drops``, in the exit summary's drops) ins
 """
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -19,13 +17,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PCAPS, ROOT
-from test_collect_live import Tee, free_port, wait_bound
+from conftest import ROOT, tool
+from test_collect_live import Tee, free_port, run_exporter, wait_bound
 from test_netflow_export import NFDUMP_FIELDS, Receiver, nfcapd_collect
-
-SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
-needs_softflowd = pytest.mark.skipif(not os.access(SOFTFLOWD, os.X_OK),
-                                     reason="softflowd not installed")
 
 
 def proxy_run(tmp_path, capture, in_version, out_version):
@@ -42,13 +36,9 @@ def proxy_run(tmp_path, capture, in_version, out_version):
         wait_bound(fp_port, fp)
         tee = Tee([ref_port, fp_port])
         try:
-            subprocess.run([SOFTFLOWD, "-r", str(PCAPS / capture), "-n",
-                            f"127.0.0.1:{tee.port}", "-v", in_version, "-c", "none"],
-                           capture_output=True, timeout=60, check=True)
-            deadline, last = time.time() + 10, -1
-            while time.time() < deadline and tee.count != last:
-                last = tee.count
-                time.sleep(0.5)
+            run_exporter([tool("softflowd"), "-r", str(capture), "-n", f"127.0.0.1:{tee.port}",
+                          "-v", in_version, "-c", "none"])
+            tee.drain()
         finally:
             tee.close()
         _, err = fp.communicate(timeout=30)
@@ -78,14 +68,15 @@ def totals(rows):
 
 @pytest.mark.tools("nfcapd", "nfdump", "softflowd")
 @pytest.mark.parametrize("capture,in_version,out_version", [
-    ("1kxun.pcap", "5", "10"),          # the issue's case: v5 in, IPFIX out
-    ("1kxun.pcap", "10", "9"),          # and the reverse: IPFIX in, v9 out
-    ("http_ipv6.pcap", "10", "9"),      # IPv6 flows
-    ("6in6tunnel.pcap", "9", "10"),
-    ("1kxun.pcap", "10", "5"),          # IPv6 to v5 cannot be converted: counted, not sent
+    ("traffic", "5", "10"),             # v5 in, IPFIX out
+    ("traffic", "10", "9"),             # and the reverse: IPFIX in, v9 out (IPv6 flows too)
+    ("span", "10", "9"),                # flows in 2016 and 2022
+    ("span", "9", "10"),
+    ("traffic", "10", "5"),             # IPv6 to v5 cannot be converted: counted, not sent
 ])
-def test_proxy_totals_match_nfdump(tmp_path, pcaps_dir, capture, in_version, out_version):
-    theirs, ours, err, count = proxy_run(tmp_path, capture, in_version, out_version)
+def test_proxy_matches_nfdump(tmp_path, generated, traffic, capture, in_version, out_version):
+    path = traffic[0] if capture == "traffic" else generated[capture][0]
+    theirs, ours, err, count = proxy_run(tmp_path, path, in_version, out_version)
     assert count > 0 and theirs
     want = theirs
     dropped = 0

@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
+import zmq  # noqa: E402
 
 from engine.subscribe import Subscriber, flows_of, names  # noqa: E402
 
