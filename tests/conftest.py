@@ -99,9 +99,23 @@ def udp_queue(port: int):
     return None
 
 
+def tcp_peers(port: int) -> int:
+    """Established TCP connections to local ``port`` (/proc/net/tcp{,6}): whether a peer is
+    connected (a probe to a relay's ZeroMQ socket)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for row in f:
+                c = row.split()
+                n += int(c[1].rsplit(":", 1)[1], 16) == port and c[3] == "01"
+    return n
+
+
 def packet_socket_open(pid: int, ifindex=None) -> bool:
     """Whether process ``pid`` has a packet socket open (bound to ``ifindex`` if given), read
-    from /proc: the capture handle exists and is bound, so packets sent now are captured."""
+    from /proc: the capture handle exists and is bound, so packets sent now are captured (with
+    no BPF filter: setting one drops what arrived before it)."""
     try:
         inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
@@ -226,6 +240,26 @@ def traffic(tmp_path_factory):
     path = tmp_path_factory.mktemp("traffic") / "traffic.pcap"
     subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "3",
                     "--packets", "3000", "--flows", "300", "--duration", "20", "-q", "-o",
+                    str(path)], check=True, timeout=120)
+    return path, json.loads(pathlib.Path(str(path) + ".json").read_text())
+
+
+@pytest.fixture(scope="session")
+def session_pcap(generated):
+    """tools/gen_cases.py's one TCP connection: (path, its flow as the sidecar has it)."""
+    path, exp = generated["session"]
+    (flow,) = exp["flows"]
+    return path, flow
+
+
+@pytest.fixture(scope="session")
+def many_flows(tmp_path_factory):
+    """A tools/gen_pcap.py capture of 1,500 flows (9,000 packets over 20 s): (path, sidecar)."""
+    import json
+    import sys
+    path = tmp_path_factory.mktemp("many") / "many-flows-1500.pcap"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "7",
+                    "--packets", "9000", "--flows", "1500", "--duration", "20", "-q", "-o",
                     str(path)], check=True, timeout=120)
     return path, json.loads(pathlib.Path(str(path) + ".json").read_text())
 

@@ -4,7 +4,6 @@ import datetime
 import ipaddress
 import os
 import json
-import shutil
 import signal
 import socket
 import struct
@@ -14,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import PCAPS, ROOT, tool, udp_queue, wait_until
+from conftest import PCAPS, ROOT, tcp_peers, tool, udp_queue, wait_until
+from recorded import datagram_pcap, receive_all
 from test_collect_live import udp_bound
 
 VERSIONS = (5, 9, 10)
@@ -25,6 +25,12 @@ def pcap(name):
     if not p.exists():
         pytest.skip(f"{p} not found")
     return str(p)
+
+
+@pytest.fixture(scope="module")
+def capture(traffic):
+    """The capture most tests export: tools/gen_pcap.py's mixed one (path text)."""
+    return str(traffic[0])
 
 
 
@@ -50,14 +56,11 @@ class Receiver:
         self.port = self.sock.getsockname()[1]
         self.target = f"127.0.0.1:{self.port}"
 
-    def drain(self, quiet=0.3):
-        out = []
-        self.sock.settimeout(quiet)
-        try:
-            while True:
-                out.append(self.sock.recv(65535))
-        except socket.timeout:
-            pass
+    def drain(self):
+        """Every datagram sent to it; the sender has finished (on loopback they are all queued
+        by then, and none was dropped)."""
+        assert udp_queue(self.port)[1] == 0, "the receiver's socket dropped datagrams"
+        out = receive_all(self.sock)
         self.sock.close()
         return out
 
@@ -222,33 +225,18 @@ def test_a_flow_longer_than_the_uptime_clock_is_counted_not_sent():
 
 
 # --- tshark ----------------------------------------------------------------------------------
-def write_pcap(path, datagrams, dport):
-    """LINKTYPE_RAW pcap of IPv4/UDP packets 127.0.0.1:40000 -> 127.0.0.1:dport."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
-        for i, d in enumerate(datagrams):
-            udp = struct.pack(">HHHH", 40000, dport, 8 + len(d), 0) + d
-            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
-                             socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
-            csum = sum(struct.unpack(">10H", ip))
-            csum = (csum & 0xFFFF) + (csum >> 16)
-            csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-            pkt = ip[:10] + struct.pack(">H", csum) + ip[12:] + udp
-            f.write(struct.pack("<IIII", 1000 + i, 0, len(pkt), len(pkt)) + pkt)
-
-
-@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@pytest.mark.tools("tshark")
 @pytest.mark.parametrize("version", VERSIONS)
-def test_tshark_dissects_every_datagram(tmp_path, version):
+def test_tshark_dissects_every_datagram(tmp_path, version, capture):
     rx = Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version),
+    r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version),
                   "-T", "@NTOPNG@ %ICMP_TYPE %FLOW_END_REASON %ENTROPY_CLIENT_BYTES %SEQ_PLEN")
     assert r.returncode == 0, r.stderr
     grams = rx.drain()
     assert grams
     f = tmp_path / "export.pcap"
-    write_pcap(f, grams, 2055)
-    base = ["tshark", "-n", "-r", str(f), "-d", "udp.port==2055,cflow"]
+    datagram_pcap(f, grams, 2055)
+    base = [tool("tshark"), "-n", "-r", str(f), "-d", "udp.port==2055,cflow"]
     bad = subprocess.run(base + ["-Y", "_ws.malformed || _ws.expert.severity >= warning"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 0, bad.stderr
@@ -294,9 +282,9 @@ def template_lengths(grams, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_sequence_numbers_mtu_and_engine(version):
+def test_sequence_numbers_mtu_and_engine(version, capture):
     rx = Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version), "--mtu", "600",
+    r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version), "--mtu", "600",
                   "-E", "3:7", "-U", "300")
     assert r.returncode == 0, r.stderr
     grams = rx.drain()
@@ -326,12 +314,12 @@ def test_sequence_numbers_mtu_and_engine(version):
             tsets = sum(1 for sid, _ in ipfix_sets(g, version) if sid == 0)
             assert count == records + (2 if tsets else 0)
         seq += records
-    assert seq == 213
+    assert seq == len(expected_flows(capture))
 
 
-def test_round_robin_and_all():
+def test_round_robin_and_all(capture):
     a, b = Receiver(), Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", a.target, "-n", b.target, "-V", "9")
+    r = flowprobe("-i", capture, "-n", a.target, "-n", b.target, "-V", "9")
     assert r.returncode == 0, r.stderr
     ga, gb = a.drain(), b.drain()
     assert ga and gb and abs(len(ga) - len(gb)) <= 1
@@ -339,7 +327,7 @@ def test_round_robin_and_all():
         assert any(sid == 0 for sid, _ in ipfix_sets(grams[0], 9))
         assert [struct.unpack_from(">I", g, 12)[0] for g in grams] == list(range(len(grams)))
     a, b = Receiver(), Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", a.target, "-n", b.target, "-V", "10", "-a")
+    r = flowprobe("-i", capture, "-n", a.target, "-n", b.target, "-V", "10", "-a")
     assert r.returncode == 0, r.stderr
     ga, gb = a.drain(), b.drain()
     assert len(ga) == len(gb) > 0 and [g[16:] for g in ga] == [g[16:] for g in gb]
@@ -369,30 +357,30 @@ def test_template_refresh_in_process():
 @pytest.mark.parametrize("value,needle", [
     ("localhost", "expected HOST:PORT"), ("127.0.0.1:0", "port must be"),
     ("127.0.0.1:http", "port must be"), ("no-such-host.invalid:2055", "cannot resolve")])
-def test_bad_collector_one_line(value, needle):
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", value)
+def test_bad_collector_one_line(value, needle, capture):
+    r = flowprobe("-i", capture, "-n", value)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,needle", [(["-V", "7"], "-V 7"), (["--mtu", "100"], "--mtu"),
                                          (["-U", "12"], "-U 12"), (["-E", "x:y"], "-E")])
-def test_bad_options_one_line(args, needle):
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", "127.0.0.1:9", *args)
+def test_bad_options_one_line(args, needle, capture):
+    r = flowprobe("-i", capture, "-n", "127.0.0.1:9", *args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_none_still_means_no_export():
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", "none")
+def test_none_still_means_no_export(capture):
+    r = flowprobe("-i", capture, "-n", "none")
     assert r.returncode == 0 and r.stdout == ""
 
 
 # --- flowrelay -------------------------------------------------------------------------------
-def test_relay_classifies_our_exports_and_rejects_garbage():
+def test_relay_classifies_our_exports_and_rejects_garbage(capture):
     from engine.relay import classify
     want = {5: "netflow5", 9: "netflow9", 10: "ipfix"}
     for version in VERSIONS:
         rx = Receiver()
-        r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version))
+        r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version))
         assert r.returncode == 0, r.stderr
         grams = rx.drain()
         assert grams and {classify(g) for g in grams} == {want[version]}
@@ -437,7 +425,7 @@ def recv_all(s, n, timeout=5.0):
 
 
 @pytest.mark.curve
-def test_relay_end_to_end_curve_allow_queue_reconnect():
+def test_relay_end_to_end_curve_allow_queue_reconnect(capture):
     import zmq
     public, secret = (k.decode() for k in zmq.curve_keypair())
     udp, zport = free_udp_port(), free_udp_port()
@@ -453,14 +441,15 @@ def test_relay_end_to_end_curve_allow_queue_reconnect():
             tx.sendto(v5[:16] + struct.pack(">I", i) + v5[20:], ("127.0.0.1", udp))
         tx.sendto(b"not a flow datagram", ("127.0.0.1", udp))
         other.sendto(v5, ("127.0.0.1", udp))
-        time.sleep(0.5)
+        # the relay has read and queued them all once its socket is empty
+        wait_until(lambda: udp_queue(udp) == (0, 0), what="the relay reading its socket")
         s = pull(zmq, url, public)
         got = recv_all(s, 5)
         assert [struct.unpack_from(">I", m[1], 16)[0] for m in got] == [3, 4, 5, 6, 7]
         assert got[0][0].decode().startswith("127.0.0.1:")
         # a real export, relayed byte for byte while the probe is connected (-a: copy to rx)
         rx = Receiver()
-        r = flowprobe("-i", pcap("1kxun.pcap"), "-n", f"127.0.0.1:{udp}", "-n", rx.target,
+        r = flowprobe("-i", capture, "-n", f"127.0.0.1:{udp}", "-n", rx.target,
                       "-a", "-V", "10")
         assert r.returncode == 0, r.stderr
         sent = rx.drain()
@@ -468,10 +457,10 @@ def test_relay_end_to_end_curve_allow_queue_reconnect():
         assert [m[1] for m in got] == sent
         # the probe goes away and comes back: what arrived meanwhile is delivered
         s.close()
-        time.sleep(0.5)
+        wait_until(lambda: tcp_peers(zport) == 0, what="the probe's connection closed")
         for i in range(3):
             tx.sendto(v5[:16] + struct.pack(">I", 100 + i) + v5[20:], ("127.0.0.1", udp))
-        time.sleep(0.3)
+        wait_until(lambda: udp_queue(udp) == (0, 0), what="the relay reading its socket")
         s = pull(zmq, url, public)
         got = recv_all(s, 3)
         assert [struct.unpack_from(">I", m[1], 16)[0] for m in got] == [100, 101, 102]

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, tool, wait_until
+from conftest import ROOT, tcp_peers, tool, wait_until
 from test_collect_live import Tee, free_port, run_exporter, wait_bound
 
 import zmq  # noqa: E402
@@ -90,19 +90,6 @@ def summary_counts(err: str) -> tuple[int, int]:
 
 def canon(flows):
     return sorted(json.dumps(f, sort_keys=True) for f in flows)
-
-
-def tcp_peers(port: int) -> int:
-    """Established TCP connections to local ``port`` (/proc/net/tcp{,6}): whether a probe is
-    connected to the relay's ZeroMQ socket."""
-    n = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(path) as f:
-            next(f)
-            for row in f:
-                c = row.split()
-                n += int(c[1].rsplit(":", 1)[1], 16) == port and c[3] == "01"
-    return n
 
 
 def relay_counts(relay, **want) -> dict:

@@ -539,6 +539,26 @@ def case_pcapng_simple() -> Case:
     return c
 
 
+def case_session() -> Case:
+    """One TCP connection, as a capture of one HTTPS download: the handshake, 12 requests and
+    their answers (the larger ones in several segments, each acknowledged), the close."""
+    c = Case("session")
+    f = c.flow(ipaddress.ip_address("192.168.1.13").packed,
+               ipaddress.ip_address("178.62.197.130").packed, 6, 55523, 443)
+    f.send(c.tick(), 0, SYN)
+    f.send(c.tick(30 * MS), 1, SYN | ACK)
+    f.send(c.tick(), 0, ACK)
+    for k in range(12):
+        f.send(c.tick(5 * MS), 0, PSH | ACK, bytes([k]) * (100 + 37 * k))
+        for part in range(1 + k % 3):
+            f.send(c.tick(20 * MS), 1, ACK if part < k % 3 else PSH | ACK, bytes([k]) * 1400)
+            f.send(c.tick(), 0, ACK)
+    f.send(c.tick(100 * MS), 0, FIN | ACK)
+    f.send(c.tick(20 * MS), 1, FIN | ACK)
+    f.send(c.tick(), 0, ACK)
+    return c
+
+
 def case_span() -> Case:
     """Flows six years apart (as 1kxun.pcap jumps from 2016 to 2022), IPv4 and IPv6, VLANs,
     ToS, TCP flags, ICMP: for NetFlow v5/v9 times that must stay right across the jump."""
@@ -570,7 +590,7 @@ def all_cases() -> list[Case]:
            _pcap_variant("pcap_nanoseconds", nanoseconds=True),
            _pcap_variant("pcap_big_endian", big_endian=True),
            _pcap_variant("pcap_big_endian_ns", big_endian=True, nanoseconds=True),
-           case_pcapng(), case_pcapng_simple(), case_span()]
+           case_pcapng(), case_pcapng_simple(), case_span(), case_session()]
     out += [case_link(name) for name in LINK_CASES]
     return out
 
