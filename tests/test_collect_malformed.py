@@ -276,3 +276,55 @@ def test_sflow_expanded_samples_and_ipv6_agent(exports):
         assert np.array_equal(exp[c], compact[c])
     assert (exp["exporter_ip_version"] == 6).all()
     assert bytes(exp["exporter_addr"][0]) == bytes(range(16))
+
+
+# --- sequence numbers and observation domains ---------------------------------------------------
+def ipfix_flows(seq, n, domain=7, tid=256, src_base=0):
+    """An IPFIX message of template ``tid`` (source address, packets) with ``n`` records."""
+    tmpl = ipset(2, struct.pack(">HHHHHH", tid, 2, 8, 4, 2, 4))
+    body = b"".join(bytes([10, 0, (src_base + i) >> 8, (src_base + i) & 255]) +
+                    struct.pack(">I", i + 1) for i in range(n))
+    return ipfix(seq, [tmpl, ipset(tid, body)], domain=domain)
+
+
+@pytest.mark.parametrize("seqs,lost,resets", [
+    ([(0, 5), (5, 5), (10, 5)], 0, 0),                          # in order: seq = records sent
+    ([(0, 5), (5, 5), (17, 5)], 7, 0),                          # 7 records never arrived
+    ([(0xFFFFFFFE, 5), (3, 5), (8, 1)], 0, 0),                  # the 32-bit counter wraps
+    ([(100, 5), (105, 5), (50, 5)], 0, 1),                      # backwards: a reset, not a loss
+])
+def test_ipfix_sequence_loss_wrap_and_reordering(seqs, lost, resets):
+    col = Collector("passthrough")
+    recs = col.feed([(ipfix_flows(s, n), "10.20.0.1", 1.0) for s, n in seqs])
+    st = col.exporters["10.20.0.1"].stats
+    assert len(recs) == sum(n for _, n in seqs)
+    assert (st["lost"], st["sequence_resets"]) == (lost, resets)
+
+
+def sflow_datagram(seq, agent=b"\x0a\x15\x00\x01"):
+    """An sFlow v5 datagram with one counter sample (no flows)."""
+    sample = struct.pack(">II", 2, 12) + struct.pack(">III", 1, 1, 0)
+    return struct.pack(">II4sIII", 5, 1, agent, 0, seq, 1000) + struct.pack(">I", 1) + sample
+
+
+def test_sflow_sequence_loss():
+    col = Collector("passthrough")
+    col.feed([(sflow_datagram(s), "10.21.0.1", 1.0) for s in (1, 2, 3, 7, 8)])
+    assert col.exporters["10.21.0.1"].stats["lost"] == 3              # datagrams 4, 5 and 6
+
+
+def test_templates_belong_to_their_observation_domain():
+    """Two domains of one exporter use template 256 with different layouts: each domain's data
+    is read with its own template, and a domain without it holds its data."""
+    col = Collector("passthrough")
+    a = ipfix_flows(0, 2, domain=1)                                     # source, packets
+    tmpl_b = ipset(2, struct.pack(">HHHHHH", 256, 2, 2, 4, 8, 4))       # packets, source
+    data_b = ipset(256, struct.pack(">I4s", 9, bytes([192, 0, 2, 9])))
+    recs = col.feed([(a, "10.22.0.1", 1.0), (ipfix(0, [tmpl_b, data_b], domain=2), "10.22.0.1",
+                                              1.0)])
+    got = sorted((bytes(r["src_addr"][:4]), int(r["in_pkts"]), int(r["observation_point"]))
+                 for r in recs)
+    assert got == [(bytes([10, 0, 0, 0]), 1, 1), (bytes([10, 0, 0, 1]), 2, 1),
+                   (bytes([192, 0, 2, 9]), 9, 2)]
+    held = col.feed([(ipfix(0, [data_b], domain=3), "10.22.0.1", 1.0)])   # domain 3: no template
+    assert len(held) == 0 and col.exporters["10.22.0.1"].stats["no_template"] == 1

@@ -224,3 +224,60 @@ def test_merge_and_status_text(exports):
     assert status_text([{"packets": 1}]) == ""
     assert st["collector_drops"] == {"flow_collection_drops": 0,
                                      "flow_collection_udp_socket_drops": 0}
+
+
+def collect_cli(tmp_path, listen, datagrams, *flags):
+    """flowprobe -i none --collector-port LISTEN FLAGS, fed ``datagrams`` from the same family,
+    ends by its idle exit: (JSON flows, stderr)."""
+    host, port = parse_port(listen)
+    out = tmp_path / "out.json"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "-i", "none", "--collector-port",
+                                 listen, "--dump-format", "json", "--collector-idle-exit", "1.5",
+                                 *flags], cwd=ROOT, stdout=f, stderr=subprocess.PIPE, text=True)
+        wait_bound(port, proc)
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as tx:
+            for d in datagrams:
+                tx.sendto(d, (host, port))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return [json.loads(x) for x in out.read_text().splitlines()], err
+
+
+def v9_sampled(rate):
+    """A NetFlow v9 datagram: options data with the sampling interval, one flow of 5 packets."""
+    tmpl = struct.pack(">HH", 0, 16) + struct.pack(">HHHHHH", 256, 2, 8, 4, 2, 4)
+    opt = struct.pack(">HHHHH", 1, 20, 257, 4, 4) + struct.pack(">HHHH", 2, 4, 34, 4) + b"\0\0"
+    optdata = struct.pack(">HHII", 257, 12, 1, rate)
+    data = struct.pack(">HH4sI", 256, 12, bytes([10, 0, 0, 1]), 5)
+    return struct.pack(">HHIIII", 9, 4, 100_000, 1_700_000_000, 0, 0) + tmpl + opt + optdata + data
+
+
+def test_ipv6_socket_cache_and_upscale_flags(tmp_path):
+    # an IPv6 listening socket; the exporter is then an IPv6 address
+    port = free_port6()
+    flows, err = collect_cli(tmp_path, f"[::1]:{port}", [v9_sampled(10)], "--collector-passthrough")
+    assert [(f["IN_PKTS"], f["EXPORTER_IPV6_ADDRESS"]) for f in flows] == [(50, "::1")]
+    # --disable-upscale leaves sampled counters as they came
+    flows, _ = collect_cli(tmp_path, f"127.0.0.1:{free_port()}", [v9_sampled(10)],
+                           "--collector-passthrough", "--disable-upscale")
+    assert [f["IN_PKTS"] for f in flows] == [5]
+    # --enable-collection-cache (the default, said explicitly) merges both directions
+    dg = v5([v5_record("10.0.0.1", "10.0.0.2", 1000, 53, 5, 50_000, 60_000),
+             v5_record("10.0.0.2", "10.0.0.1", 53, 1000, 3, 55_000, 70_000)])
+    flows, _ = collect_cli(tmp_path, f"127.0.0.1:{free_port()}", [dg],
+                           "--enable-collection-cache")
+    assert [(f["IN_PKTS"], f["OUT_PKTS"]) for f in flows] == [(5, 3)]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]

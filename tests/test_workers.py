@@ -7,9 +7,11 @@ every flow must be captured exactly once. Supervision: a SIGKILLed worker is rep
 exit status 1; live: restarted, its flows counted as lost); SIGTERM drains every worker."""
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -379,3 +381,65 @@ def test_killed_live_worker_is_restarted_and_its_flows_counted_lost(veth):
     # worker 1's active flows (ours among them) are the lost ones; worker 0's all arrived
     assert 40 - lost <= len(first) < 40
     check_flows(out, 43000, 40)                  # after the restart: every flow, once
+
+
+# --- one probe to the outside: -g with --zmq and -n --------------------------------------------
+def test_workers_feed_one_zmq_stream(many_flows):
+    """Two workers, one ZeroMQ endpoint: one message-id sequence, every flow once, and the last
+    event's counters summed over the workers."""
+    from engine.subscribe import Subscriber, flows_of
+    from test_zmq_e2e import collect, free_port
+    path, meta = many_flows
+    port = free_port()
+    with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "-g", two_cores(), "-i",
+                                 str(path), "--zmq", f"tcp://127.0.0.1:{port}",
+                                 "--zmq-wait-subscriber", "10"], cwd=ROOT, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        msgs, _, err = collect(sub, proc)
+    assert proc.returncode == 0, err
+    assert [m.header.msg_id for m in msgs] == list(range(1, len(msgs) + 1))
+    flows = [f for m in msgs if m.topic == "flow" for f in flows_of(m)]
+    assert len(flows) == meta["flows"]
+    last = [m.payload for m in msgs if m.topic == "event"][-1]
+    assert (last["packets"], last["zmq"]["num_flow_exports"]) == (meta["packets"], meta["flows"])
+
+
+def test_workers_feed_one_netflow_exporter(many_flows):
+    """Two workers, one IPFIX exporter: one sequence of data records over every datagram."""
+    from test_netflow_export import Receiver, ipfix_sets, template_lengths
+    path, meta = many_flows
+    rx = Receiver()
+    r = flowprobe("-g", two_cores(), "-i", str(path), "-n", rx.target, "-V", "10")
+    assert r.returncode == 0, r.stderr
+    grams = rx.drain()
+    lengths = template_lengths(grams[:1], 10)
+    seq = 0
+    for g in grams:
+        assert struct.unpack_from(">I", g, 8)[0] == seq
+        seq += sum(len(body) // lengths[sid] for sid, body in ipfix_sets(g, 10) if sid >= 256)
+    assert seq == meta["flows"]
+
+
+def test_a_worker_that_cannot_open_its_capture_stops_the_run():
+    r = flowprobe("-g", two_cores(), "-i", "nosuchif0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuchif0" in lines[0], r.stderr
+
+
+def test_workers_stop_when_the_parent_dies(long_input):
+    run = Running([sys.executable, "-m", "engine", "-g", two_cores(), "-b", "1",
+                   "-i", str(long_input), "-n", "none"])
+    pids = worker_pids(run)
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.finish()
+    wait_until(lambda: not any(map(alive, pids.values())), timeout=30,
+               what="the workers to end after their parent")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
