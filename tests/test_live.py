@@ -112,3 +112,31 @@ def test_idle_and_lifetime_expiry_on_a_quiet_link(veth):
     assert [f["FLOW_END_REASON"] for f in slices] == [2, 1]       # active, then idle
     assert sum(f["IN_PKTS"] for f in slices) == 9
     assert slices[0]["FLOW_END_MILLISECONDS"] - slices[0]["FLOW_START_MILLISECONDS"] < 3000
+
+
+def promiscuity(namespace: str, name: str) -> int:
+    out = subprocess.run(["ip", "-d", "-n", namespace, "link", "show", name], check=True,
+                         capture_output=True, text=True).stdout
+    return int(re.search(r"promiscuity (\d+)", out)[1])
+
+
+def test_snaplen_and_promiscuous_mode(veth):
+    """-s 100: frames up to 100 bytes are counted as usual; longer ones are cut to 100 bytes and,
+    as pcapy-ng gives no wire length, their IP header claims more than the frame holds: each is
+    counted as ip_length_exceeds_frame, none goes missing. Promiscuous mode is on unless
+    --no-promisc (the interface's promiscuity count while the probe runs)."""
+    probe_ns, _, probe_if = veth
+    for promisc, extra in ((1, ()), (0, ("--no-promisc",))):
+        run = start_probe(veth, "-s", "100", *extra)
+        assert promiscuity(probe_ns, probe_if) == promisc
+        send(veth[1], [(43001, 5, 10, 0.002), (43002, 4, 500, 0.002)])
+        run.wait_for(r" (9|[1-9]\d+) pkts, ")
+        run.proc.send_signal(signal.SIGINT)
+        out, err = run.finish()
+        assert run.proc.returncode == 0, err
+        (small,) = ours(out, 43001, 1)
+        assert (small["IN_PKTS"], small["IN_BYTES"]) == (5, 5 * 38)
+        assert not ours(out, 43002, 1)
+        # the 4 long ones, and the ICMP errors the peer's stack sends back for the closed port
+        exceeds = int(re.search(r"ip_length_exceeds_frame=(\d+)", err.splitlines()[-1])[1])
+        assert exceeds >= 4, err
