@@ -476,7 +476,7 @@ class ZMQExporter:
         snap = dict(self.defaults, **(self._last_snapshot or {}))
         snap["packets"] = max(int(snap.get("packets", 0)), self.seen_packets)
         snap["bytes"] = max(int(snap.get("bytes", 0)), self.seen_bytes)
-        if self._last_snapshot is not None or self._waited:
+        if self.stats_interval > 0 and (self._last_snapshot is not None or self._waited):
             # a last event so that the collector sees the final counters; ntopng folds events
             # into its totals at most once a second, so one sent sooner would not be counted
             if self._stats_sent and any(any(n > 0 for n in ep.subs.values())
