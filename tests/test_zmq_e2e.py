@@ -15,7 +15,7 @@ import zmq  # noqa: E402
 
 from engine.subscribe import Subscriber, flows_of, names  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, wait_until  # noqa: E402
 
 EVENT_KEYS = {
     "time", "bytes", "packets", "packet_drops", "mode", "iface.name", "iface.speed", "iface.ip",
@@ -291,3 +291,47 @@ def test_listen_command(tmp_path, session_pcap):
                         capture_output=True, text=True, check=True)
     keys = json.loads(kp.stdout)
     assert len(keys["public"]) == 40 and len(keys["public_hex"]) == 80
+
+
+def test_stats_interval_zero_sends_no_events(session_pcap):
+    path = str(session_pcap[0])
+    port = free_port()
+    with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+        msgs, out, err = collect(sub, flowprobe(
+            "-i", path, "--zmq", f"tcp://127.0.0.1:{port}", "--zmq-wait-subscriber", "5",
+            "--zmq-stats-interval", "0"))
+    assert [m.topic for m in msgs] == ["flow"]
+    assert [m.header.msg_id for m in msgs] == [1]
+
+
+def test_listen_flags(session_pcap):
+    """flowprobe-listen --bind (collector mode, flowprobe connects), --ids, --count, --no-stats,
+    --timeout, and a CURVE server key."""
+    import zmq as z
+    path, flow = str(session_pcap[0]), session_pcap[1]
+    pub, sec = z.curve_keypair()
+    port = free_port()
+    lst = subprocess.Popen([sys.executable, "-m", "engine.listen", "--bind", "--ids", "--count",
+                            "1", "--no-stats", "--timeout", "30", "--secret-key", sec.decode(),
+                            f"tcp://127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                           text=True)
+    wait_until(lambda: tcp_listening(port), what="flowprobe-listen bound")
+    r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
+                        f"tcp://127.0.0.1:{port}", "--zmq-probe-mode", "--zmq-wait-subscriber",
+                        "5", "--zmq-encryption-key", pub.decode()], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    out, _ = lst.communicate(timeout=30)
+    assert r.returncode == 0 and lst.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [row["topic"] for row in rows] == ["flow"]             # --count 1, --no-stats
+    assert rows[0]["flow"]["8"] == flow["src"] and rows[0]["flow"]["2"] == flow["in_pkts"]
+
+
+def tcp_listening(port: int) -> bool:
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            if any(int(r.split()[1].rsplit(":", 1)[1], 16) == port and r.split()[3] == "0A"
+                   for r in f):
+                return True
+    return False
