@@ -322,3 +322,20 @@ def test_metrics_scraped_during_a_live_capture_match_the_summary(tmp_path):
     shutil.rmtree(run_dir)
     assert (final["packets"], final["bytes"], final["exported_flows"], final["active_flows"]) == (
         packets, nbytes, exported, 0)
+
+
+@live
+def test_verbose_log_adds_the_debug_lines(session_pcap):
+    run_dir = pathlib.Path(tempfile.mkdtemp(prefix="flowprobe-v-"))   # readable by nobody
+    run_dir.chmod(0o755)
+    capture = run_dir / "c.pcap"
+    shutil.copy(session_pcap[0], capture)
+    try:
+        quiet = flowprobe("-i", capture, "-n", "none", "--user", "nobody")
+        verbose = flowprobe("-i", capture, "-n", "none", "--user", "nobody", "-v")
+    finally:
+        shutil.rmtree(run_dir)
+    assert quiet.returncode == verbose.returncode == 0, verbose.stderr
+    assert "running as user nobody" in verbose.stderr
+    assert "running as user" not in quiet.stderr
+    assert summary(quiet.stderr)[:4] == summary(verbose.stderr)[:4]

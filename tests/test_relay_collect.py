@@ -277,3 +277,12 @@ def test_hex_key_and_wrong_key():
         for s in srcs:
             s.close()
         relay.finish()
+
+
+def test_genkey_prints_a_matching_key_pair():
+    r = subprocess.run([sys.executable, "-m", "engine.relay", "--genkey"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30, check=True)
+    keys = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert set(keys) == {"public", "secret"}
+    assert zmq.curve_public(keys["secret"].encode()).decode() == keys["public"]
+    assert keys["public"] != zmq.curve_keypair()[0].decode()       # a new pair each time
