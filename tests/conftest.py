@@ -112,23 +112,6 @@ def tcp_peers(port: int) -> int:
     return n
 
 
-def packet_socket_open(pid: int, ifindex=None) -> bool:
-    """Whether process ``pid`` has a packet socket open (bound to ``ifindex`` if given), read
-    from /proc: the capture handle exists and is bound, so packets sent now are captured (with
-    no BPF filter: setting one drops what arrived before it)."""
-    try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
-        rows = pathlib.Path(f"/proc/{pid}/net/packet").read_text().splitlines()[1:]
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    for row in rows:          # sk RefCnt Type Proto Iface R Rmem User Inode
-        cols = row.split()
-        if cols[8] in inodes and cols[5] == "1" and (ifindex is None or int(cols[4]) == ifindex):
-            return True
-    return False
-
-
 # --- a process under test --------------------------------------------------------------------
 class Running:
     """A flowprobe process whose stderr is read line by line in a thread."""
@@ -215,12 +198,6 @@ def veth():
     yield probe_ns, peer_ns, probe_if
     for ns in (probe_ns, peer_ns):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def ifindex(namespace: str, name: str) -> int:
-    out = subprocess.run(["ip", "-n", namespace, "-o", "link", "show", name], check=True,
-                         capture_output=True, text=True).stdout
-    return int(out.split(":", 1)[0])
 
 
 # --- inputs the project makes (no file from outside the repository) ----------------------------
