@@ -208,17 +208,21 @@ def generated(tmp_path_factory):
     return cases.write(tmp_path_factory.mktemp("cases"))
 
 
-@pytest.fixture(scope="session")
-def traffic(tmp_path_factory):
-    """A tools/gen_pcap.py capture (3,000 packets, 300 flows, IPv4 and IPv6, TCP and UDP):
-    (path, sidecar)."""
+def gen_pcap(directory: pathlib.Path, name: str, seed: int, packets: int, flows: int):
+    """A tools/gen_pcap.py capture over 20 s: (path, its sidecar of expected totals)."""
     import json
     import sys
-    path = tmp_path_factory.mktemp("traffic") / "traffic.pcap"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "3",
-                    "--packets", "3000", "--flows", "300", "--duration", "20", "-q", "-o",
-                    str(path)], check=True, timeout=120)
+    path = directory / name
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", str(seed),
+                    "--packets", str(packets), "--flows", str(flows), "--duration", "20", "-q",
+                    "-o", str(path)], check=True, timeout=120)
     return path, json.loads(pathlib.Path(str(path) + ".json").read_text())
+
+
+@pytest.fixture(scope="session")
+def traffic(tmp_path_factory):
+    """3,000 packets, 300 flows: IPv4 and IPv6, TCP and UDP."""
+    return gen_pcap(tmp_path_factory.mktemp("traffic"), "traffic.pcap", 3, 3000, 300)
 
 
 @pytest.fixture(scope="session")
@@ -231,14 +235,8 @@ def session_pcap(generated):
 
 @pytest.fixture(scope="session")
 def many_flows(tmp_path_factory):
-    """A tools/gen_pcap.py capture of 1,500 flows (9,000 packets over 20 s): (path, sidecar)."""
-    import json
-    import sys
-    path = tmp_path_factory.mktemp("many") / "many-flows-1500.pcap"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_pcap.py"), "--seed", "7",
-                    "--packets", "9000", "--flows", "1500", "--duration", "20", "-q", "-o",
-                    str(path)], check=True, timeout=120)
-    return path, json.loads(pathlib.Path(str(path) + ".json").read_text())
+    """9,000 packets, 1,500 flows."""
+    return gen_pcap(tmp_path_factory.mktemp("many"), "many-flows-1500.pcap", 7, 9000, 1500)
 
 
 @pytest.fixture(scope="session")

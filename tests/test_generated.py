@@ -23,7 +23,8 @@ import cases
 from conftest import ROOT
 from corpus import run_fastpath
 from engine import reference
-from engine._fastpath import META_DTYPE, FlowTable
+from engine._fastpath import FlowTable
+from test_reference import capture_packets, fast_flows
 
 # frames tshark reads otherwise, and why (case -> {frame index: reason})
 TSHARK_DIFFERS = {
@@ -58,7 +59,6 @@ def test_fast_path_gives_the_generators_flows(generated, name):
 @pytest.mark.parametrize("name", cases.NAMES)
 def test_reference_gives_the_generators_flows(generated, name):
     path, exp = generated[name]
-    from test_reference import capture_packets
     tables: list = []
     flows = reference.reference_flows(capture_packets(str(path)), idle_timeout=1e9,
                                       lifetime=1e9, table=tables)
@@ -186,25 +186,12 @@ def test_fragment_cache_evicts_and_counts():
                        ident=k, mf=True)) for k in range(n)]
     frames += [eth(ipv4(bytes([10, 9, k >> 8, k & 255]), bytes([10, 8, 0, 1]), 17, body[40:],
                         ident=k, frag_off=40)) for k in range(n)]
-    meta = np.zeros(len(frames), dtype=META_DTYPE)
-    buf = b"".join(frames)
-    off = 0
-    for k, fr in enumerate(frames):
-        meta[k] = (10**18 + k * 1000, off, len(fr), len(fr), 1, 0)
-        off += len(fr)
-    table = FlowTable(max_flows=16384, idle_timeout=1e9, lifetime=1e9)
-    i = 0
-    out = []
-    while i < len(frames):
-        i = table.process(buf, meta, i)
-        out.append(table.take())
-    while not table.flush():
-        out.append(table.take())
-    out.append(table.take())
-    recs = np.concatenate(out)
-    st = table.stats()
+    stats: list = []
+    flows = fast_flows([(10**18 + k * 1000, f, len(f), 1) for k, f in enumerate(frames)],
+                       idle_timeout=1e9, lifetime=1e9, max_flows=16384, stats=stats)
+    st = stats[0]
     orphans = st["drops"]["fragment_without_first"]
-    joined = int((recs["src_frags"] == 2).sum())
-    assert len(recs) == n and joined + orphans == n
+    joined = sum(f["src_frags"] == 2 for f in flows)
+    assert len(flows) == n and joined + orphans == n
     assert orphans >= n - 4096 and joined > 0
     assert st["decoded"] + orphans == 2 * n
