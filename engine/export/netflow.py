@@ -4,10 +4,9 @@
   robin across them, or every datagram to every one with ``-a``. Each destination has its own
   sequence numbers and template state, so each collector sees one consistent stream.
 * ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX; default @NTOPNG@ and
-  ICMP_TYPE); ntop's elements go as
-  57472+n in v9 and under PEN 35632 in IPFIX. Fields with no NetFlow id or length 0 in the
-  registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe fields are skipped, said once
-  on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
+  ICMP_TYPE); ntop's elements go as 57472+n in v9 and under PEN 35632 in IPFIX. Fields with no
+  NetFlow id or length 0 in the registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe
+  fields are skipped, said once on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
   direction of our biflows, 32-bit counters; -T does not apply.
 * Two templates: ``-U`` (default 257) for IPv4 flows and ``-U``+1 for IPv6 flows (the address
   fields of the other version left out); one template when the field list has no addresses.
@@ -26,9 +25,10 @@
 * Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers.
 * What the version cannot carry is counted, not guessed (proxy mode converts collected flows):
   ``netflow_conversion_drops`` flows not sent at all (IPv6 flows to v5, also counted as
-  ``netflow_v5_ipv6_skipped``; v5/v9 flows longer than the uptime clock); ``netflow_values_clipped`` flows with a value too large for its
-  wire field (v5: 32-bit counters, 16-bit interface indexes; v9/IPFIX: -T fields narrower than
-  our column), sent as the field's largest value; ``netflow_fields_not_carried`` -T fields the
+  ``netflow_v5_ipv6_skipped``; v5/v9 flows longer than the uptime clock);
+  ``netflow_values_clipped`` flows with a value too large for its wire field (v5: 32-bit
+  counters, 16-bit interface indexes; v9/IPFIX: -T fields narrower than our column), sent as the
+  field's largest value; ``netflow_fields_not_carried`` -T fields the
   version has no element for (not sent, said once on stderr).
 """
 from __future__ import annotations
@@ -260,7 +260,8 @@ class NetFlowExporter:
         if not len(records):
             return
         base = self.base_ms
-        if base is not None and lo.min() >= base and hi.max() - base <= MAX_SPAN_MS + UPTIME_SLACK_MS:
+        if base is not None and lo.min() >= base and \
+                hi.max() - base <= MAX_SPAN_MS + UPTIME_SLACK_MS:
             yield records
             return
         # windows of half the span by first time: a window's flows shorter than half the span
