@@ -6,8 +6,9 @@
 * ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX; default @NTOPNG@ and
   ICMP_TYPE); ntop's elements go as 57472+n in v9 and under PEN 35632 in IPFIX. Fields with no
   NetFlow id or length 0 in the registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe
-  fields are skipped, said once on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
-  direction of our biflows, 32-bit counters; -T does not apply.
+  fields are skipped, said once on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are
+  counted and skipped), one record per direction of our biflows, 32-bit counters; -T does not
+  apply.
 * Two templates: ``-U`` (default 257) for IPv4 flows and ``-U``+1 for IPv6 flows (the address
   fields of the other version left out); one template when the field list has no addresses.
   Templates go in the first datagram to every destination and again every --template-refresh s.
