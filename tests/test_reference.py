@@ -17,7 +17,7 @@ import dpkt  # noqa: E402
 
 from conftest import NO_SHARED, corpus_files  # noqa: E402
 from engine import reference as ref  # noqa: E402
-from engine._fastpath import META_DTYPE, FlowTable, PcapReader  # noqa: E402
+from engine._fastpath import META_DTYPE, FlowTable  # noqa: E402
 from engine.fields import COLUMNS  # noqa: E402
 import cases  # noqa: E402,F401  (tools/ on the path)
 from corpus import capture_packets  # noqa: E402

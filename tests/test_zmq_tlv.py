@@ -2,7 +2,6 @@
 plus header, key and template unit tests."""
 import ctypes.util
 import os
-import struct
 
 import numpy as np
 import pytest
