@@ -28,7 +28,16 @@ live = pytest.mark.root
 # A live capture on a quiet link does not see SIGTERM until a packet arrives (libpcap's TPACKET_V3
 # poll() has no timeout; see the report of issue 8), so live tests stop the probe with SIGTERM
 # followed by "kick" packets to KICK_PORT, which their filters accept and their checks discount.
-KICK_PORT = 39999
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# lo is the machine's: other processes (other checkouts' tests) send on it too, so the kicks go
+# to a port of this run, and the bad frames carry this run's mark, which the filter matches
+KICK_PORT = _free_udp_port()
+MARK = os.getpid() & 0xFFFFFFFF
 
 
 def stop_live(p, sig=signal.SIGTERM, timeout=30):
@@ -202,7 +211,8 @@ def test_flood_of_bad_packets_gives_one_warning_line_with_the_count(tmp_path):
 def inject_bad_frames(count: int) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind(("lo", 0))
-    frame = b"\x00" * 12 + b"\x08\x00" + b"\x42\x00\x00\x28" + b"\x00" * 36
+    frame = b"\x00" * 12 + b"\x08\x00" + b"\x42\x00\x00\x28" + struct.pack(">I", MARK) + \
+        b"\x00" * 32
     for _ in range(count):
         s.send(frame)
     s.close()
@@ -213,7 +223,7 @@ def test_bad_packet_flood_on_a_live_capture_is_rate_limited(tmp_path):
     log = tmp_path / "flowprobe.log"
     pid_file = tmp_path / "pid"
     p = start("-i", "lo", "-n", "none", "--log-file", log, "--pid-file", pid_file, "-f",
-              f"ether[14] == 0x42 or udp port {KICK_PORT}", "-b", "1")
+              f"(ether[14] == 0x42 and ether[18:4] == {MARK}) or udp port {KICK_PORT}", "-b", "1")
     try:
         wait_for(lambda: log.exists() and " pkts/s " in log.read_text())   # capturing, filtered
         for _ in range(6):                       # a flood over three seconds: three ticks

@@ -9,9 +9,9 @@ writes ``DIR/NAME.pcap`` (``.pcapng`` for the pcapng cases) and ``DIR/NAME.json`
 forms; GRE v0 (IPv4, IPv6, key/sequence/checksum, transparent Ethernet, MPLS), ERSPAN I/II/III,
 enhanced GRE v1 carrying PPP; GTP-U, VXLAN, TZSP, CAPWAP (802.3 and 802.11); four nested tunnels
 and a fifth; IPv4 and IPv6 fragments (late, orphaned, expired from the cache); IPv6 extension
-headers; Ethernet padding, snap-length cuts; malformed packets of every drop reason; pcap in
+headers; Ethernet padding, snap-length cuts; a malformed packet for each decode drop reason; pcap in
 micro- and nanoseconds, both byte orders; pcapng with several interfaces, if_tsresol, simple
-packet blocks and a big-endian section; a capture whose timestamps span years.
+packet blocks and a big-endian section; a capture whose timestamps span years; one TCP session.
 
 The JSON sidecar holds what the generator put in, as DESIGN.md's rules say it must be counted
 (written from the packets built here, not from flowprobe's output): ``flows`` (one per flow, the
@@ -207,7 +207,7 @@ class Case:
         return self.name + (".pcapng" if self.fileopts.get("pcapng") else ".pcap")
 
 
-# --- the cases -------------------------------------------------------------------------------------
+# --- the cases ------------------------------------------------------------------------------
 def case_ethernet() -> Case:
     """TCP, UDP, ICMP, ICMPv6, SCTP, UDP-Lite and a protocol without ports, over IPv4 and IPv6;
     ToS, IPv4 options, Ethernet padding, a snap-length cut, a SYN-ACK seen first."""
