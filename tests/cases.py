@@ -3,7 +3,6 @@ sidecar's terms. Needs no file from outside the repository."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import pathlib
 import sys
 
@@ -51,10 +50,6 @@ def as_sidecar(records: np.ndarray) -> list[dict]:
 
 def canon(flows: list[dict]) -> list[tuple]:
     return sorted(tuple(f[k] for k in COMPARED) for f in flows)
-
-
-def load(path) -> dict:
-    return json.loads(pathlib.Path(path).read_text())
 
 
 def tshark_frames(path) -> list[dict]:

@@ -99,16 +99,16 @@ def udp_queue(port: int):
     return None
 
 
-def tcp_peers(port: int) -> int:
-    """Established TCP connections to local ``port`` (/proc/net/tcp{,6}): whether a peer is
-    connected (a probe to a relay's ZeroMQ socket)."""
+def tcp_peers(port: int, state: str = "01") -> int:
+    """TCP sockets on local ``port`` in ``state`` (/proc/net/tcp{,6}; 01 established: whether a
+    peer is connected, a probe to a relay's ZeroMQ socket; 0A: listening)."""
     n = 0
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(path) as f:
             next(f)
             for row in f:
                 c = row.split()
-                n += int(c[1].rsplit(":", 1)[1], 16) == port and c[3] == "01"
+                n += int(c[1].rsplit(":", 1)[1], 16) == port and c[3] == state
     return n
 
 

@@ -15,7 +15,7 @@ import zmq  # noqa: E402
 
 from engine.subscribe import Subscriber, flows_of, names  # noqa: E402
 
-from conftest import ROOT, wait_until  # noqa: E402
+from conftest import ROOT, tcp_peers, wait_until  # noqa: E402
 
 EVENT_KEYS = {
     "time", "bytes", "packets", "packet_drops", "mode", "iface.name", "iface.speed", "iface.ip",
@@ -315,7 +315,7 @@ def test_listen_flags(session_pcap):
                             "1", "--no-stats", "--timeout", "30", "--secret-key", sec.decode(),
                             f"tcp://127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE,
                            text=True)
-    wait_until(lambda: tcp_listening(port), what="flowprobe-listen bound")
+    wait_until(lambda: tcp_peers(port, "0A"), what="flowprobe-listen bound")
     r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
                         f"tcp://127.0.0.1:{port}", "--zmq-probe-mode", "--zmq-wait-subscriber",
                         "5", "--zmq-encryption-key", pub.decode()], cwd=ROOT,
@@ -325,13 +325,3 @@ def test_listen_flags(session_pcap):
     rows = [json.loads(x) for x in out.splitlines()]
     assert [row["topic"] for row in rows] == ["flow"]             # --count 1, --no-stats
     assert rows[0]["flow"]["8"] == flow["src"] and rows[0]["flow"]["2"] == flow["in_pkts"]
-
-
-def tcp_listening(port: int) -> bool:
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(path) as f:
-            next(f)
-            if any(int(r.split()[1].rsplit(":", 1)[1], 16) == port and r.split()[3] == "0A"
-                   for r in f):
-                return True
-    return False
