@@ -70,12 +70,13 @@ def exporters(opts: Options) -> list:
                                  flush_timeout=k.flush_timeout, offline=k.offline,
                                  source_id=opts.source_id))
     if opts.netflow is not None:
-        from engine.export.netflow import NetFlowExporter
+        from engine.export.netflow import DEFAULT_FIELDS, NetFlowExporter
         n = opts.netflow
         engine = opts.engine
         out.append(NetFlowExporter(
             list(n.destinations), version=n.version,
-            template=parse_template(opts.template) if n.version != 5 else None,
+            template=(parse_template(opts.template or DEFAULT_FIELDS) if n.version != 5
+                      else None),
             template_id=n.template_id, engine_type=engine.engine_type if engine else 0,
             engine_id=engine.engine_id if engine else 0, mtu=n.mtu,
             all_destinations=n.all_destinations, template_refresh=n.template_refresh))
@@ -96,6 +97,16 @@ def run(argv: list[str]) -> int:
     from engine import service
     opts = parse(argv)
     reopen_logs = service.setup_logging(opts.service)
+    # a stop asked for while the captures open (a service manager's SIGTERM, a test's SIGINT
+    # once the ring exists) is kept and honoured when the run starts, not a KeyboardInterrupt
+    stop = {"asked": False, "probe": None}
+
+    def on_stop(*_):
+        stop["asked"] = True
+        if stop["probe"] is not None:
+            stop["probe"].stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_stop)
     config = probe_config(opts)
     if opts.cores:                        # workers open their own captures
         from engine.workers import plan_workers
@@ -122,8 +133,9 @@ def run(argv: list[str]) -> int:
     else:
         from engine.probe import Probe
         probe = Probe(config, outputs, log=service.probe_log)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: probe.stop())
+    stop["probe"] = probe
+    if stop["asked"]:
+        probe.stop()
     # SIGHUP reopens logs; pid file; privileges dropped once the captures are open
     service.install_sighup(reopen_logs)
     pid_file = opts.service.pid_file

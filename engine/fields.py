@@ -112,6 +112,8 @@ class Kind(enum.IntEnum):
     ICMP = 10           # type * 256 + code; only for ICMP and ICMPv6 flows
     END_REASON = 11     # IPFIX flowEndReason code of our end reason
     TUNNEL = 12         # the tunnel's name
+    OUTER_VLAN = 13     # the outer (service) tag of QinQ; on NetFlow/IPFIX (dot1qVlanId) the
+                        # only tag of a single-tagged flow too, where 0 would say "untagged"
 
 
 class Form(enum.Enum):
@@ -183,6 +185,8 @@ CODECS: dict[Kind, Codec] = {
     Kind.END_REASON: Codec(Form.NUMBER, lambda r, c: np.asarray(END_REASON_IPFIX)[c].tolist(),
                            netflow=lambda r, c: np.asarray(END_REASON_IPFIX, np.uint8)[c]),
     Kind.TUNNEL: Codec(Form.TEXT, lambda r, c: [TUNNELS[v] for v in c.tolist()]),
+    Kind.OUTER_VLAN: Codec(Form.NUMBER, lambda r, c: c.tolist(),
+                           netflow=lambda r, c: np.where(c != 0, c, r["vlan"])),
 }
 
 
@@ -254,7 +258,7 @@ FIELDS: list[Field] = [
     _f("FLOW_END_REASON", 136, "end_reason", K.END_REASON, 1, "IPFIX flowEndReason: 1 idle, 2 active, 3 FIN/RST, 4 end"),
     _f("FLOW_START_MILLISECONDS", 152, "first_ms", K.MS, 8, "first packet, epoch ms"),
     _f("FLOW_END_MILLISECONDS", 153, "last_ms", K.MS, 8, "last packet, epoch ms"),
-    _f("DOT1Q_SRC_VLAN", 243, "outer_vlan", K.UINT, 2, "outer (service) VLAN tag of QinQ"),
+    _f("DOT1Q_SRC_VLAN", 243, "outer_vlan", K.OUTER_VLAN, 2, "outer (service) VLAN tag of QinQ"),
     _f("OBSERVATION_POINT_ID", 300, "observation_point", K.UINT, 4, "observation point / domain",
        ((0, 138),)),
     _f("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, "client_tcp_flags", K.UINT, 1, "TCP flags sent by the client"),

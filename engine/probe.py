@@ -187,9 +187,12 @@ class Probe(RunLoop):
     def run(self, sources: list) -> None:
         """Process every source in order, then flush the table and close the exporters."""
         self.sources = sources
+        if self.stop_requested:         # asked before the run: live sources still hand over
+            for s in sources:           # what they already hold, files are not read
+                s.stop()
         try:
             for src in sources:
-                if self.stop_requested:
+                if self.stop_requested and not src.live:
                     break
                 self._current = src
                 if src.kind == "records":

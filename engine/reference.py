@@ -10,8 +10,9 @@ Where DESIGN.md is silent the reference follows the fast path's documented choic
 that carries no IP packet stays on the outer UDP flow; a frame whose outermost IP header claims
 more than the frame holds is dropped (``ip_length_exceeds_frame``); a fragment cache entry lives
 30 s; idle/linger expire when ``last + timeout <= now`` (linger counted from the last packet);
-flows still lingering at end of input keep their FIN/RST reason. Known fast-path deviations from
-this reference are the xfail tests in tests/test_reference.py.
+flows still lingering at end of input keep their FIN/RST reason. Being a mirror, it is not the
+only oracle: the tests also hold both against tools/gen_cases.py's sidecars, dpkt, tshark and
+ndpiReader's tables.
 """
 from __future__ import annotations
 

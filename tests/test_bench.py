@@ -1,19 +1,28 @@
 """Smoke test of the benchmark harness (issue 7): ``python -m bench all --quick`` produces the
-collector, probe and export tables, and they are internally consistent (rates positive, every
-record accounted: sent = received + counted drops). It asserts no speed.
+collector, probe and export tables, and they are internally consistent (every figure a number
+within its min-max, every record accounted: sent = received + counted drops). It asserts no
+speed.
 
 The peers (softflowd, nfstream, pmacctd) are left out here to keep the test short; ``--quick``
 without ``--no-peers`` runs them.
 """
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, live
+from tests.conftest import ROOT, live, unavailable
 
-pytest.importorskip("zmq")
+
+
+def measured(stat: dict) -> bool:
+    """A figure of the table: a median within its min-max, all finite. How large it is depends
+    on the machine and its load, so it is not asserted (speed is measured in bench/)."""
+    vals = [stat.get(k) for k in ("min", "median", "max") if k in stat]
+    return bool(vals) and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                              for v in vals) and (len(vals) < 3 or vals[0] <= vals[1] <= vals[2])
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +60,7 @@ def test_collector_rows_accounted(quick):
     assert rows[0]["improvement"] == pytest.approx(1.0)
     assert [r["published"] for r in rows[:4]] == [33000, 73000, 58000, 220000]
     for r in rows:
-        assert r["egress_flows_per_s"]["median"] > 0
-        assert r["flows_per_cpu_s"]["median"] > 0
+        assert measured(r["egress_flows_per_s"]) and measured(r["flows_per_cpu_s"])
         for run in r["runs"] + r["paced"]:
             assert run["sent"] > 0
             assert run["sent"] == run["received"] + run["kernel_drops"] + run["export_drops"] \
@@ -67,9 +75,7 @@ def test_probe_rows(quick):
     labels = [r["label"] for r in t["rows"]]
     assert "flowprobe -n none" in labels and "flowprobe -n none --no-features" in labels
     for r in t["rows"]:
-        assert r["pkts_per_s"]["median"] > 0
-        assert r["cpu_s"]["median"] > 0
-        assert r["maxrss_bytes"]["median"] > 0
+        assert measured(r["pkts_per_s"]) and measured(r["cpu_s"]) and measured(r["maxrss_bytes"])
         if r["kind"] == "flowprobe":            # checked against the capture's sidecar
             assert r["packets"] == t["capture"]["packets"]
             assert r["flows"] == t["capture"]["flows"]
@@ -80,13 +86,13 @@ def test_export_rows_accounted(quick):
     assert {(r["format"], r["compress"]) for r in rows} == {
         (f, c) for f in "tjm" for c in (False, True)}
     for r in rows:
-        assert r["flows_per_s"]["median"] > 0
+        assert measured(r["flows_per_s"])
         assert r["sent"] == r["received"] + r["dropped_counted"] + r["unaccounted"]
         assert r["unaccounted"] == 0
 
 
 def test_charts(quick):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a test extra)
     charts = quick[1]["charts"]
     assert len(charts) == 3
     for c in charts:
@@ -96,9 +102,9 @@ def test_charts(quick):
 # --- python -m bench relay --quick: flowrelay's forwarding table ------------------------------
 @pytest.fixture(scope="module")
 def relay_quick(tmp_path_factory):
-    zmq = pytest.importorskip("zmq")
+    import zmq
     if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
+        unavailable("libzmq without CURVE")
     stem = tmp_path_factory.mktemp("bench-relay") / "relay"
     p = subprocess.run([sys.executable, "-m", "bench", "relay", "--quick", "--out", str(stem)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -114,13 +120,14 @@ def test_relay_table_accounted(relay_quick):
     assert [r["key"] for r in res["rows"]] == ["plain", "curve", "probe"]
     for r in res["rows"]:
         assert r["sent"] > 0 and r["received"] > 0
-        assert r["datagrams_per_s"]["median"] > 0
+        assert measured(r["datagrams_per_s"])
         assert r["sent"] == r["received"] + r["relay_drops"] + (r["kernel_drops"] or 0) \
             + r["unaccounted"]
         for run in r["runs"]:
             assert run["sent"] == run["received"] + run["relay_drops"] \
                 + (run["kernel_drops"] or 0) + run["unaccounted"]
-            assert run["datagrams_per_s"] > 0
+            assert math.isfinite(run["datagrams_per_s"]) and run["datagrams_per_s"] >= 0
+
 
 
 @live

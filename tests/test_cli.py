@@ -3,7 +3,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 from conftest import PCAPS, ROOT
 from corpus import run_fastpath
 
-CURL = PCAPS / "443-curl.pcap"
+CAPTURE = "<a capture>"          # in parameters: the session capture (a fixture) stands for it
 
 
 # root without the capabilities that bypass file permissions and allow packet capture
@@ -38,12 +37,13 @@ def assert_one_clear_line(r, status=None):
     assert "Traceback" not in r.stderr
 
 
-def test_json_dump_keys_are_registry_names_and_match_the_fast_path(pcaps_dir):
-    r = flowprobe("-i", PCAPS / "1kxun.pcap", "-d", 10 ** 9, "-t", 10 ** 9, "--dump-format", "json")
+def test_json_dump_keys_are_registry_names_and_match_the_fast_path(traffic):
+    path, meta = traffic
+    r = flowprobe("-i", path, "-d", 10 ** 9, "-t", 10 ** 9, "--dump-format", "json")
     assert r.returncode == 0, r.stderr
     flows = [json.loads(line) for line in r.stdout.splitlines()]
-    records, _ = run_fastpath(PCAPS / "1kxun.pcap")
-    assert len(flows) == len(records) == 197
+    records, _ = run_fastpath(path)
+    assert len(flows) == len(records) == meta["flows"]
     assert sum(f["IN_PKTS"] + f["OUT_PKTS"] for f in flows) == int(
         records["in_pkts"].sum() + records["out_pkts"].sum())
     for key in ("L4_SRC_PORT", "PROTOCOL", "IN_PKTS", "IN_BYTES", "OUT_PKTS", "OUT_BYTES",
@@ -54,43 +54,58 @@ def test_json_dump_keys_are_registry_names_and_match_the_fast_path(pcaps_dir):
     assert all(len(f["SEQ_PLEN"]) == 6 and len(f["SEQ_TDIFF"]) == 6 for f in flows)
 
 
-def test_csv_and_text_dumps(pcaps_dir):
-    r = flowprobe("-i", CURL, "--dump-format", "csv")
+def test_csv_and_text_dumps(session_pcap):
+    path, f = session_pcap
+    r = flowprobe("-i", path, "--dump-format", "csv")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert len(rows) == 1 and rows[0]["IN_PKTS"] == "51" and rows[0]["OUT_PKTS"] == "58"
-    assert rows[0]["IPV4_SRC_ADDR"] == "192.168.1.13"
-    r = flowprobe("-i", CURL)
+    assert len(rows) == 1
+    assert (rows[0]["IN_PKTS"], rows[0]["OUT_PKTS"]) == (str(f["in_pkts"]), str(f["out_pkts"]))
+    assert rows[0]["IPV4_SRC_ADDR"] == f["src"]
+    r = flowprobe("-i", path)
     assert r.returncode == 0
-    assert "192.168.1.13:55523 -> 178.62.197.130:443" in r.stdout
-    assert "[51 pkts/3546 bytes <-> 58 pkts/68910 bytes]" in r.stdout
-    assert r.stderr.startswith("flowprobe: 109 packets")
+    assert f"{f['src']}:{f['src_port']} -> {f['dst']}:{f['dst_port']}" in r.stdout
+    assert (f"[{f['in_pkts']} pkts/{f['in_bytes']} bytes <-> {f['out_pkts']} pkts/"
+            f"{f['out_bytes']} bytes]") in r.stdout
+    assert r.stderr.startswith(f"flowprobe: {f['in_pkts'] + f['out_pkts']} packets")
 
 
-def test_several_inputs_and_a_list_file_are_processed_in_order(tmp_path, pcaps_dir):
+def test_several_inputs_and_a_list_file_are_processed_in_order(tmp_path, generated):
+    (a, ea), (b, eb) = generated["session"], generated["fragments"]
     listfile = tmp_path / "list.txt"
-    listfile.write_text(f"# captures\n{CURL}\n{PCAPS / 'sctp.cap'}\n")
+    listfile.write_text(f"# captures\n{a}\n{b}\n")
     r1 = flowprobe("-i", listfile, "--dump-format", "json")
-    r2 = flowprobe("-i", CURL, "-i", PCAPS / "sctp.cap", "--dump-format", "json")
+    r2 = flowprobe("-i", a, "-i", b, "--dump-format", "json")
     assert r1.returncode == r2.returncode == 0
     assert r1.stdout == r2.stdout
-    assert len(r1.stdout.splitlines()) == 3
+    assert len(r1.stdout.splitlines()) == len(ea["flows"]) + len(eb["flows"])
+    assert f"{ea['packets'] + eb['packets']} packets" in r1.stderr
 
 
-def test_statistics_every_second_and_summary(tmp_path, pcaps_dir):
-    r = flowprobe("-i", PCAPS / "synscan.pcap", "-n", "none", "-b", "1")
+def test_summary_counts_what_the_generator_made(traffic):
+    path, meta = traffic
+    r = flowprobe("-i", path, "-n", "none", "-b", "1")
     assert r.returncode == 0 and r.stdout == ""
-    assert "2011 packets" in r.stderr and "1994 flows" in r.stderr
+    assert f"{meta['packets']} packets ({meta['frame_bytes']} bytes on the wire)" in r.stderr
+    assert f"{meta['flows']} flows, {meta['flows']} flows exported, drops: none" in r.stderr
 
 
-def test_drops_are_reported_by_reason(pcaps_dir):
-    r = flowprobe("-i", PCAPS / "ip_fragmented_garbage.pcap", "-n", "none")
-    assert "fragment_without_first=1248" in r.stderr and "truncated=4" in r.stderr
+def test_drops_are_reported_by_reason(generated):
+    path, exp = generated["malformed"]
+    r = flowprobe("-i", path, "-n", "none")
+    assert r.returncode == 0, r.stderr
+    drops = r.stderr.strip().splitlines()[-1].split("drops: ")[1].split()
+    assert sorted(drops) == sorted(f"{k}={v}" for k, v in exp["drops"].items())
 
 
-def test_table_full_is_a_counted_drop_not_a_crash(pcaps_dir):
-    r = flowprobe("-i", PCAPS / "synscan.pcap", "-w", "100", "-n", "none")
-    assert r.returncode == 0
-    assert "flow_table_full=" in r.stderr
+def test_table_full_is_a_counted_drop_not_a_crash(traffic):
+    path, meta = traffic
+    r = flowprobe("-i", path, "-w", "10", "--dump-format", "json")
+    assert r.returncode == 0, r.stderr
+    full = int(r.stderr.split("flow_table_full=")[1].split()[0].rstrip(","))
+    flows = [json.loads(x) for x in r.stdout.splitlines()]
+    # every packet is in a flow or counted: a full table drops, it does not lose
+    assert full > 0 and sum(f["IN_PKTS"] + f["OUT_PKTS"] for f in flows) + full == \
+        meta["packets"]
 
 
 @pytest.mark.parametrize("args, text", [
@@ -99,23 +114,23 @@ def test_table_full_is_a_counted_drop_not_a_crash(pcaps_dir):
     (["-i", "tests"], "Is a directory"),
     (["-i", "nosuchif0"], "no such capture file or network interface"),
     (["-i", "lo", "-f", "this is not bpf"], "bad filter"),
-    (["-i", str(CURL), "-f", "tcp and and"], "bad filter"),
-    (["-w", "0", "-i", str(CURL)], "hash size must be between"),
-    (["-t", "x", "-i", str(CURL)], "lifetime timeout must be an integer"),
-    (["-d", "0", "-i", str(CURL)], "idle timeout must be between"),
-    (["--dump-format", "xml", "-i", str(CURL)], "invalid choice"),
-    (["--no-such-flag", "-i", str(CURL)], "unrecognized arguments"),
-    (["-n", "collector.example:2055", "-i", str(CURL)], "-n collector.example:2055"),
+    (["-i", CAPTURE, "-f", "tcp and and"], "bad filter"),
+    (["-w", "0", "-i", CAPTURE], "hash size must be between"),
+    (["-t", "x", "-i", CAPTURE], "lifetime timeout must be an integer"),
+    (["-d", "0", "-i", CAPTURE], "idle timeout must be between"),
+    (["--dump-format", "xml", "-i", CAPTURE], "invalid choice"),
+    (["--no-such-flag", "-i", CAPTURE], "unrecognized arguments"),
+    (["-n", "collector.example:2055", "-i", CAPTURE], "-n collector.example:2055"),
     ([], "no input"),
 ])
-def test_bad_input_gets_one_clear_line(args, text):
-    r = flowprobe(*args)
+def test_bad_input_gets_one_clear_line(args, text, session_pcap):
+    r = flowprobe(*[str(session_pcap[0]) if a == CAPTURE else a for a in args])
     assert_one_clear_line(r)
     assert text in r.stderr
 
 
-def test_truncated_and_non_pcap_files(tmp_path, pcaps_dir):
-    data = CURL.read_bytes()
+def test_truncated_and_non_pcap_files(tmp_path, session_pcap):
+    data = session_pcap[0].read_bytes()
     short = tmp_path / "short.pcap"
     short.write_bytes(data[:10])
     assert_one_clear_line(flowprobe("-i", short))
@@ -133,11 +148,11 @@ def test_truncated_and_non_pcap_files(tmp_path, pcaps_dir):
     assert_one_clear_line(flowprobe("-i", empty))
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root (and "
-                    "setpriv) to drop the capabilities that bypass permissions")
-def test_no_permission(tmp_path, pcaps_dir):
+@pytest.mark.root
+@pytest.mark.tools("setpriv")             # to drop the capabilities that bypass permissions
+def test_no_permission(tmp_path, session_pcap):
     secret = tmp_path / "secret.pcap"
-    secret.write_bytes(CURL.read_bytes())
+    secret.write_bytes(session_pcap[0].read_bytes())
     secret.chmod(0o000)
     r = flowprobe("-i", secret, unprivileged=True)
     assert_one_clear_line(r)
@@ -156,9 +171,10 @@ def test_pcapng_and_other_link_types(pcaps_dir):
         assert len(r.stdout.splitlines()) == flows, name
 
 
-def test_bpf_filter_on_a_file(pcaps_dir):
-    r = flowprobe("-i", PCAPS / "1kxun.pcap", "-f", "udp port 53", "--dump-format", "json")
+def test_bpf_filter_on_a_file(traffic):
+    path, meta = traffic
+    r = flowprobe("-i", path, "-f", "udp port 53", "--dump-format", "json")
     assert r.returncode == 0, r.stderr
     flows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert flows and all(f["PROTOCOL"] == 17 and 53 in (f["L4_SRC_PORT"], f["L4_DST_PORT"])
-                         for f in flows)
+    assert all(f["PROTOCOL"] == 17 and 53 in (f["L4_SRC_PORT"], f["L4_DST_PORT"]) for f in flows)
+    assert len(flows) == meta["by_kind"]["udp_dns"]["flows"]      # every DNS flow, nothing else

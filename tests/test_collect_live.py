@@ -1,4 +1,4 @@
-"""Real exporters (softflowd, pmacctd) replay development captures to `flowprobe -i none
+"""Real exporters (softflowd, pmacctd) replay captures the project generates to `flowprobe -i none
 --collector-port` on loopback; what we collect matches, flow for flow, an independent collector
 (nfcapd + nfdump) fed the very same datagrams through a UDP tee, and for sFlow (pmacctd sfprobe,
 every packet sampled) the flows our packet path finds in the same capture."""
@@ -9,7 +9,6 @@ import collections
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,15 +19,9 @@ import time
 
 import pytest
 
-from conftest import PCAPS, ROOT
+from conftest import ROOT, tool, udp_queue, wait_until
 from engine.collect.receive import udp_socket_rows
-
-SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
-PMACCTD = shutil.which("pmacctd") or "/usr/sbin/pmacctd"
-have = lambda p: os.path.exists(p) and os.access(p, os.X_OK)
-needs_nfdump = pytest.mark.skipif(not (shutil.which("nfcapd") and shutil.which("nfdump")),
-                                  reason="nfcapd/nfdump not installed")
-CAPTURES = ["443-curl.pcap", "http_ipv6.pcap", "synscan.pcap"]
+from recorded import PMACCT_CONF, datagram_pcap, plugin_running
 
 
 def free_port() -> int:
@@ -58,8 +51,13 @@ def wait_bound(port: int, proc: subprocess.Popen | None = None, timeout: float =
     raise TimeoutError(f"nothing listening on UDP {port}")
 
 
+SENTINEL = b"flowprobe-test: end of the stream"
+
+
 class Tee:
-    """Receives on a port and forwards every datagram to several ports, in order."""
+    """Receives on a port and forwards every datagram to several ports, in order. ``drain()``
+    returns once every datagram sent to it so far has been forwarded: loopback queues datagrams
+    in the order they were sent, so a sentinel sent after them arrives after them."""
 
     def __init__(self, targets):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -72,6 +70,7 @@ class Tee:
         self.count = 0
         self.datagrams = []
         self.done = False
+        self.drained = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -81,11 +80,23 @@ class Tee:
                 data, _ = self.sock.recvfrom(65535)
             except socket.timeout:
                 continue
+            if data == SENTINEL:
+                self.drained.set()
+                continue
             self.count += 1
             self.datagrams.append(data)
             for p in self.targets:
                 self.out.sendto(data, ("127.0.0.1", p))
                 time.sleep(0.0002)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every datagram that reached the tee so far has been forwarded (the
+        sender must have exited, or finished sending)."""
+        self.drained.clear()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(SENTINEL, ("127.0.0.1", self.port))
+        assert self.drained.wait(timeout), "the tee did not forward the stream"
+        assert udp_queue(self.port) == (0, 0), "the tee's socket dropped datagrams"
 
     def close(self):
         self.done = True
@@ -103,11 +114,12 @@ class Flowprobe:
              f"127.0.0.1:{port}", "--dump-format", "json", "--collector-idle-exit",
              str(idle_exit), *extra],
             cwd=ROOT, stdout=self.out, stderr=subprocess.PIPE, text=True)
+        self.port = port
         wait_bound(port, self.proc)
 
     def finish(self, timeout: float = 30.0, terminate: bool = True):
-        if terminate:
-            time.sleep(0.3)
+        if terminate:       # once the collector has read every datagram it was sent
+            wait_until(lambda: udp_queue(self.port) == (0, 0), what="the collector reading")
             self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, err
@@ -121,19 +133,21 @@ class Nfcapd:
     def __init__(self, port: int, tmp: str):
         self.dir = os.path.join(tmp, "nfcapd")
         os.makedirs(self.dir, exist_ok=True)
-        self.proc = subprocess.Popen(["nfcapd", "-w", self.dir, "-p", str(port),
+        self.port = port
+        self.proc = subprocess.Popen([tool("nfcapd"), "-w", self.dir, "-p", str(port),
                                       "-b", "127.0.0.1"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_bound(port, self.proc)
 
     def finish(self) -> list:
+        wait_until(lambda: udp_queue(self.port) == (0, 0), what="nfcapd reading every datagram")
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=20)
         rows = []
         for name in sorted(os.listdir(self.dir)):
             if not name.startswith("nfcapd.2"):
                 continue
-            out = subprocess.run(["nfdump", "-r", os.path.join(self.dir, name), "-o", "csv",
+            out = subprocess.run([tool("nfdump"), "-r", os.path.join(self.dir, name), "-o", "csv",
                                   "-q"], capture_output=True, text=True, check=True).stdout
             if not out.startswith("ts,"):
                 out = NFDUMP_HEADER + "\n" + out
@@ -157,27 +171,32 @@ def norm(a: str) -> str:
 def ours_key(d: dict):
     src = d.get("IPV4_SRC_ADDR") or d.get("IPV6_SRC_ADDR")
     dst = d.get("IPV4_DST_ADDR") or d.get("IPV6_DST_ADDR")
-    return (norm(src), norm(dst), d.get("L4_SRC_PORT", 0), d.get("L4_DST_PORT", 0),
-            d["IN_PKTS"], d["IN_BYTES"])
+    ports = (d.get("L4_SRC_PORT", 0), d.get("L4_DST_PORT", 0))
+    if d["PROTOCOL"] in (1, 58):
+        ports = ICMP
+    return (norm(src), norm(dst), *ports, d["IN_PKTS"], d["IN_BYTES"])
+
+
+# ICMP's type: exporters send it as the destination port or as element 32/139, and nfdump shows
+# one or the other; the collector's reading of it is checked against tshark (test_collect_exports)
+ICMP = ("icmp", "icmp")
 
 
 def nfdump_key(r: dict):
-    sp, dp = int(float(r["sp"])), int(float(r["dp"]))
-    return (norm(r["sa"]), norm(r["da"]), sp, dp, int(r["ipkt"]), int(r["ibyt"]))
+    ports = (int(float(r["sp"])), int(float(r["dp"])))
+    if r["pr"].strip() in ("ICMP", "ICMP6"):
+        ports = ICMP
+    return (norm(r["sa"]), norm(r["da"]), *ports, int(r["ipkt"]), int(r["ibyt"]))
 
 
-def run_exporter_to_both(cmd_for_port, tmp, *fp_args):
+def run_exporter_to_both(cmd_for_port, tmp, *fp_args, conf=None):
     nf_port, fp_port = free_port(), free_port()
     nfc = Nfcapd(nf_port, tmp)
     fp = Flowprobe(fp_port, "--collector-passthrough", *fp_args)
     tee = Tee([nf_port, fp_port])
     try:
-        subprocess.run(cmd_for_port(tee.port), capture_output=True, timeout=60, check=True)
-        deadline = time.time() + 10
-        last = -1
-        while time.time() < deadline and tee.count != last:   # until the exporter is quiet
-            last = tee.count
-            time.sleep(0.5)
+        run_exporter(cmd_for_port(tee.port), conf)
+        tee.drain()
     finally:
         tee.close()
     ours, err = fp.finish()
@@ -192,46 +211,52 @@ def compare(ours, theirs):
     assert a == b, (a - b, b - a)
 
 
-@needs_nfdump
-@pytest.mark.skipif(not have(SOFTFLOWD), reason="softflowd not installed")
+def run_exporter(cmd, conf=None):
+    """Run an exporter to its end: softflowd exits when the file is read; pmacctd (``conf``)
+    exits too (status 1 when its plugin ends first), and its plugin process may still send, so
+    wait until that is gone as well."""
+    r = subprocess.run(cmd, capture_output=True, timeout=120)
+    if conf is None:
+        assert r.returncode == 0, r.stderr
+    else:
+        wait_until(lambda: not plugin_running(conf), timeout=30, what="pmacctd's plugin to end")
+
+
+@pytest.fixture(scope="module")
+def replays(generated, traffic):
+    """What the exporters replay: a mixed capture (IPv4, IPv6, TCP, UDP), tools/gen_cases.py's
+    varied one (ICMP, SCTP, ESP, a SYN-ACK first) and its capture from 2016 and 2022."""
+    return {"traffic": traffic[0], "ethernet": generated["ethernet"][0],
+            "span": generated["span"][0]}
+
+
+@pytest.mark.tools("nfcapd", "nfdump", "softflowd")
 @pytest.mark.parametrize("version", ["5", "9", "10"])
-@pytest.mark.parametrize("capture", CAPTURES)
-def test_softflowd_matches_nfdump(version, capture, tmp_path, pcaps_dir):
-    if version == "5" and capture == "http_ipv6.pcap":
-        pytest.skip("NetFlow v5 carries no IPv6")
+@pytest.mark.parametrize("capture", ["traffic", "ethernet", "span"])
+def test_softflowd_matches_nfdump(version, capture, tmp_path, replays):
     ours, theirs, n, err = run_exporter_to_both(
-        lambda port: [SOFTFLOWD, "-r", str(PCAPS / capture), "-n", f"127.0.0.1:{port}",
+        lambda port: [tool("softflowd"), "-r", str(replays[capture]), "-n", f"127.0.0.1:{port}",
                       "-v", version], str(tmp_path))
     assert n > 0
     compare(ours, theirs)
 
 
-PMACCT_CONF = """daemonize: false
-pcap_savefile: {pcap}
-pcap_savefile_wait: false
-plugins: {plugin}
-{plugin}_receiver: 127.0.0.1:{port}
-{extra}
-sampling_rate: 1
-"""
+@pytest.mark.tools("nfcapd", "nfdump", "pmacctd")
+@pytest.mark.parametrize("capture", ["traffic", "ethernet"])
+def test_pmacctd_nfprobe_ipfix_matches_nfdump(capture, tmp_path, replays):
+    conf = tmp_path / "pmacctd.conf"
 
-
-@needs_nfdump
-@pytest.mark.skipif(not have(PMACCTD), reason="pmacctd not installed")
-@pytest.mark.parametrize("capture", ["443-curl.pcap", "http_ipv6.pcap"])
-def test_pmacctd_nfprobe_ipfix_matches_nfdump(capture, tmp_path, pcaps_dir):
     def cmd(port):
-        conf = tmp_path / "pmacctd.conf"
-        conf.write_text(PMACCT_CONF.format(pcap=PCAPS / capture, plugin="nfprobe", port=port,
+        conf.write_text(PMACCT_CONF.format(pcap=replays[capture], plugin="nfprobe", port=port,
                                            extra="nfprobe_version: 10"))
-        return [PMACCTD, "-f", str(conf)]
-    ours, theirs, n, err = run_exporter_to_both(cmd, str(tmp_path))
+        return [tool("pmacctd"), "-f", str(conf)]
+    ours, theirs, n, err = run_exporter_to_both(cmd, str(tmp_path), conf=conf)
     assert n > 0
     compare(ours, theirs)
 
 
 def packet_path_flows(capture):
-    out = subprocess.run([sys.executable, "-m", "engine", "-i", str(PCAPS / capture),
+    out = subprocess.run([sys.executable, "-m", "engine", "-i", str(capture),
                           "--dump-format", "json", "--no-features"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -245,22 +270,9 @@ def biflow_key(d):
             d["IN_BYTES"] + d["OUT_BYTES"])
 
 
-def write_udp_pcap(path, datagrams, dport):
-    """Datagrams as raw-IP UDP packets from 127.0.0.1 to ``dport`` (for tshark)."""
-    import struct
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
-        for i, d in enumerate(datagrams):
-            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 28 + len(d), 0, 0, 64, 17, 0,
-                             b"\x7f\0\0\x01", b"\x7f\0\0\x01")
-            pkt = ip + struct.pack(">HHHH", 40000, dport, 8 + len(d), 0) + d
-            f.write(struct.pack("<IIII", 1700000000 + i, 0, len(pkt), len(pkt)) + pkt)
-
-
-@pytest.mark.skipif(not have(PMACCTD), reason="pmacctd not installed")
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-@pytest.mark.parametrize("capture", ["443-curl.pcap", "http_ipv6.pcap"])
-def test_pmacctd_sfprobe_cache(capture, tmp_path, pcaps_dir):
+@pytest.mark.tools("pmacctd", "tshark")
+@pytest.mark.parametrize("capture", ["traffic", "ethernet"])
+def test_pmacctd_sfprobe_cache(capture, tmp_path, replays):
     """pmacctd samples (nearly) every packet; the cache merges the samples into biflows.
     Oracles: tshark's dissection of the very datagrams (number of samples, sum of frame lengths
     minus stripped FCS and Ethernet header) and the flows our packet path finds in the capture
@@ -270,19 +282,18 @@ def test_pmacctd_sfprobe_cache(capture, tmp_path, pcaps_dir):
     fp = Flowprobe(port, "-d", "60", idle_exit=4.0)
     tee = Tee([port])
     conf = tmp_path / "pmacctd.conf"
-    conf.write_text(PMACCT_CONF.format(pcap=PCAPS / capture, plugin="sfprobe", port=tee.port,
+    conf.write_text(PMACCT_CONF.format(pcap=replays[capture], plugin="sfprobe", port=tee.port,
                                        extra=""))
     try:
-        # pmacctd exits 1 when the sfprobe plugin ends before its core ("no more plugins")
-        subprocess.run([PMACCTD, "-f", str(conf)], capture_output=True, timeout=60)
-        time.sleep(0.5)
+        run_exporter([tool("pmacctd"), "-f", str(conf)], conf)
+        tee.drain()
     finally:
         tee.close()
     ours, err = fp.finish(terminate=False)
     assert tee.count > 0
     pcap = tmp_path / "sflow.pcap"
-    write_udp_pcap(pcap, tee.datagrams, 6343)
-    out = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-E", "occurrence=a",
+    datagram_pcap(pcap, tee.datagrams, 6343)
+    out = subprocess.run([tool("tshark"), "-r", str(pcap), "-T", "fields", "-E", "occurrence=a",
                           "-e", "sflow_245.header.frame_length",
                           "-e", "sflow_245.header.payload_stripped"],
                          capture_output=True, text=True, check=True).stdout
@@ -294,7 +305,7 @@ def test_pmacctd_sfprobe_cache(capture, tmp_path, pcaps_dir):
         frames += [int(a) - int(b) - 14 for a, b in zip(fl.split(","), st.split(","))]
     assert sum(d["IN_PKTS"] + d["OUT_PKTS"] for d in ours) == len(frames) > 0
     assert sum(d["IN_BYTES"] + d["OUT_BYTES"] for d in ours) == sum(frames)
-    expected = {biflow_key(d)[:2]: biflow_key(d)[2] for d in packet_path_flows(capture)}
+    expected = {biflow_key(d)[:2]: biflow_key(d)[2] for d in packet_path_flows(replays[capture])}
     got = {biflow_key(d)[:2]: biflow_key(d)[2] for d in ours}
     assert len(got) == len(ours)                     # one biflow per key: the cache merged
     assert set(got) <= set(expected)

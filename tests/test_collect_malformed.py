@@ -2,6 +2,7 @@
 (variable-length and enterprise elements, reverse elements, every timestamp form, withdrawal)."""
 from __future__ import annotations
 
+import socket
 import struct
 
 import numpy as np
@@ -11,37 +12,33 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from engine.collect.collector import Collector
 from engine.collect.template import NTP_EPOCH_OFFSET
 
-from conftest import PCAPS
-from test_collect_exports import EXPORTS, udp_payloads
-
-ALL = ["softflowd-netflow-v5.pcap", "softflowd-netflow-v9.pcap", "softflowd-ipfix.pcap",
-       "pmacctd-nfprobe-ipfix.pcap", "pmacctd-sflow-v5.pcap"]
+from recorded import NAMES
+from test_collect_exports import udp_payloads
 
 
-def real_datagrams():
-    out = []
-    for name in ALL:
-        p = EXPORTS / name
-        if p.exists():
-            out += [d for d, _a, _t in udp_payloads(p)]
-    return out
+@pytest.fixture(scope="module")
+def real(exports) -> list[bytes]:
+    """Every datagram of the recorded softflowd and pmacctd exports."""
+    return [d for name in NAMES for d, _a, _t in udp_payloads(exports / name)]
 
 
-REAL = real_datagrams() if EXPORTS.is_dir() else []
-
-
-def warmed() -> Collector:
+def warmed(real) -> Collector:
     """A collector that has seen every real stream (so it knows their templates)."""
     col = Collector("passthrough")
-    col.feed([(d, "127.0.0.1", 1.0) for d in REAL])
+    col.feed([(d, "127.0.0.1", 1.0) for d in real])
     return col
 
 
-def test_truncated_real_datagrams_are_counted(pcaps_dir):
-    col = warmed()
+@pytest.fixture(scope="module")
+def fuzzed(real) -> Collector:
+    return warmed(real)
+
+
+def test_truncated_real_datagrams_are_counted(real):
+    col = warmed(real)
     before = col.totals["bad_datagrams"]
     fed = 0
-    for d in REAL:
+    for d in real:
         for cut in range(0, len(d), 23):
             col.feed([(d[:cut], "10.0.0.1", 2.0)])
             fed += 1
@@ -59,29 +56,38 @@ def test_truncated_real_datagrams_are_counted(pcaps_dir):
 prefixes = st.sampled_from([b"\x00\x05", b"\x00\x09", b"\x00\x0a", b"\x00\x00\x00\x05", b""])
 
 
+def accounted(col: Collector, datagrams: list, exporter: str) -> np.ndarray:
+    """Feed ``datagrams``: each one is counted, and every record it gave counted too (sFlow
+    records name their agent, which a mutated datagram may change, as the exporter)."""
+    before = (col.totals["datagrams"], col.totals["records"],
+              col.exporters[exporter].stats["datagrams"] if exporter in col.exporters else 0)
+    recs = col.feed([(d, exporter, 3.0) for d in datagrams])
+    after = (col.totals["datagrams"], col.totals["records"],
+             col.exporters[exporter].stats["datagrams"])
+    assert after == (before[0] + len(datagrams), before[1] + len(recs),
+                     before[2] + len(datagrams))
+    return recs
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(prefix=prefixes, body=st.binary(max_size=600))
-def test_random_datagrams_never_raise(prefix, body):
-    col = _FUZZ
-    col.feed([(prefix + body, "10.9.9.9", 3.0)])
+def test_random_datagrams_never_raise(fuzzed, prefix, body):
+    bad = fuzzed.totals["bad_datagrams"]
+    recs = accounted(fuzzed, [prefix + body], "10.9.9.9")
+    if not prefix:                             # no known version: counted as bad, nothing else
+        assert fuzzed.totals["bad_datagrams"] == bad + 1 and len(recs) == 0
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(idx=st.integers(min_value=0, max_value=10 ** 6), flips=st.lists(
     st.tuples(st.integers(min_value=0, max_value=1500), st.integers(min_value=0, max_value=255)),
     min_size=1, max_size=8))
-def test_mutated_real_datagrams_never_raise(idx, flips):
-    if not REAL:
-        pytest.skip("no export captures")
-    d = bytearray(REAL[idx % len(REAL)])
+def test_mutated_real_datagrams_never_raise(fuzzed, real, idx, flips):
+    d = bytearray(real[idx % len(real)])
     for pos, val in flips:
         if pos < len(d):
             d[pos] = val
-    recs = _FUZZ.feed([(bytes(d), "127.0.0.1", 3.0)])
-    assert recs.dtype.names is not None
-
-
-_FUZZ = warmed() if REAL else Collector()
+    accounted(fuzzed, [bytes(d)], "127.0.0.1")
 
 
 def v9(seq, flowsets, source_id=0, uptime=100000, secs=1700000000):
@@ -219,18 +225,25 @@ def test_ipfix_varlen_enterprise_reverse_and_withdrawal():
 
 
 def test_bad_packets_are_dumped(tmp_path):
+    """The dump holds each rejected datagram as sent, from its exporter (read back by dpkt)."""
+    import dpkt
     from engine.collect.badpackets import BadPacketWriter
     w = BadPacketWriter(str(tmp_path / "bad.pcap"))
     col = Collector(bad_dump=w)
-    col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.1", 1.0),
+    col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.2", 1.0),
               (v9(0, []), "10.8.0.1", 1.0)])
     w.close()
     assert w.written == 2
-    from engine._fastpath import META_DTYPE
-    from engine._reader import PcapReader
-    meta = np.zeros(16, META_DTYPE)
-    with PcapReader(str(tmp_path / "bad.pcap")) as rd:
-        assert rd.next_batch(meta) == 2
+    with open(tmp_path / "bad.pcap", "rb") as f:
+        rd = dpkt.pcap.Reader(f)
+        frames = [buf for _, buf in rd]
+        link = rd.datalink()
+    got = []
+    for buf in frames:
+        ip = dpkt.ethernet.Ethernet(buf).data if link == dpkt.pcap.DLT_EN10MB else \
+            dpkt.ip.IP(buf)
+        got.append((socket.inet_ntoa(ip.src), bytes(ip.data.data)))
+    assert got == [("10.8.0.1", b"\x00\x07garbage"), ("10.8.0.2", b"\x00")]
 
 
 def _compact_to_expanded(d: bytes) -> bytes:
@@ -254,8 +267,8 @@ def _compact_to_expanded(d: bytes) -> bytes:
     return bytes(out)
 
 
-def test_sflow_expanded_samples_and_ipv6_agent(pcaps_dir):
-    dg = udp_payloads(EXPORTS / "pmacctd-sflow-v5.pcap")
+def test_sflow_expanded_samples_and_ipv6_agent(exports):
+    dg = udp_payloads(exports / "pmacctd-sflow-v5.pcap")
     compact = Collector("passthrough").feed(dg)
     exp = Collector("passthrough").feed([(_compact_to_expanded(d), a, t) for d, a, t in dg])
     assert len(exp) == len(compact) > 0
@@ -263,3 +276,55 @@ def test_sflow_expanded_samples_and_ipv6_agent(pcaps_dir):
         assert np.array_equal(exp[c], compact[c])
     assert (exp["exporter_ip_version"] == 6).all()
     assert bytes(exp["exporter_addr"][0]) == bytes(range(16))
+
+
+# --- sequence numbers and observation domains ---------------------------------------------------
+def ipfix_flows(seq, n, domain=7, tid=256, src_base=0):
+    """An IPFIX message of template ``tid`` (source address, packets) with ``n`` records."""
+    tmpl = ipset(2, struct.pack(">HHHHHH", tid, 2, 8, 4, 2, 4))
+    body = b"".join(bytes([10, 0, (src_base + i) >> 8, (src_base + i) & 255]) +
+                    struct.pack(">I", i + 1) for i in range(n))
+    return ipfix(seq, [tmpl, ipset(tid, body)], domain=domain)
+
+
+@pytest.mark.parametrize("seqs,lost,resets", [
+    ([(0, 5), (5, 5), (10, 5)], 0, 0),                          # in order: seq = records sent
+    ([(0, 5), (5, 5), (17, 5)], 7, 0),                          # 7 records never arrived
+    ([(0xFFFFFFFE, 5), (3, 5), (8, 1)], 0, 0),                  # the 32-bit counter wraps
+    ([(100, 5), (105, 5), (50, 5)], 0, 1),                      # backwards: a reset, not a loss
+])
+def test_ipfix_sequence_loss_wrap_and_reordering(seqs, lost, resets):
+    col = Collector("passthrough")
+    recs = col.feed([(ipfix_flows(s, n), "10.20.0.1", 1.0) for s, n in seqs])
+    st = col.exporters["10.20.0.1"].stats
+    assert len(recs) == sum(n for _, n in seqs)
+    assert (st["lost"], st["sequence_resets"]) == (lost, resets)
+
+
+def sflow_datagram(seq, agent=b"\x0a\x15\x00\x01"):
+    """An sFlow v5 datagram with one counter sample (no flows)."""
+    sample = struct.pack(">II", 2, 12) + struct.pack(">III", 1, 1, 0)
+    return struct.pack(">II4sIII", 5, 1, agent, 0, seq, 1000) + struct.pack(">I", 1) + sample
+
+
+def test_sflow_sequence_loss():
+    col = Collector("passthrough")
+    col.feed([(sflow_datagram(s), "10.21.0.1", 1.0) for s in (1, 2, 3, 7, 8)])
+    assert col.exporters["10.21.0.1"].stats["lost"] == 3              # datagrams 4, 5 and 6
+
+
+def test_templates_belong_to_their_observation_domain():
+    """Two domains of one exporter use template 256 with different layouts: each domain's data
+    is read with its own template, and a domain without it holds its data."""
+    col = Collector("passthrough")
+    a = ipfix_flows(0, 2, domain=1)                                     # source, packets
+    tmpl_b = ipset(2, struct.pack(">HHHHHH", 256, 2, 2, 4, 8, 4))       # packets, source
+    data_b = ipset(256, struct.pack(">I4s", 9, bytes([192, 0, 2, 9])))
+    recs = col.feed([(a, "10.22.0.1", 1.0), (ipfix(0, [tmpl_b, data_b], domain=2), "10.22.0.1",
+                                              1.0)])
+    got = sorted((bytes(r["src_addr"][:4]), int(r["in_pkts"]), int(r["observation_point"]))
+                 for r in recs)
+    assert got == [(bytes([10, 0, 0, 0]), 1, 1), (bytes([10, 0, 0, 1]), 2, 1),
+                   (bytes([192, 0, 2, 9]), 9, 2)]
+    held = col.feed([(ipfix(0, [data_b], domain=3), "10.22.0.1", 1.0)])   # domain 3: no template
+    assert len(held) == 0 and col.exporters["10.22.0.1"].stats["no_template"] == 1

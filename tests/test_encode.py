@@ -13,8 +13,10 @@ from engine.fields import FIELDS, RECORD_DTYPE, field_values
 
 
 @pytest.fixture(scope="module")
-def records(pcaps_dir):
-    recs = np.concatenate([run_fastpath(p)[0] for p in corpus_files()])
+def records(generated, many_flows):
+    """Flows of every generated capture (and of the development set, where it is there)."""
+    paths = [p for p, _ in generated.values()] + [many_flows[0]] + corpus_files()
+    recs = np.concatenate([run_fastpath(p)[0] for p in paths])
     # collected-flow columns too: exporter addresses of both families
     recs["exporter_ip_version"][::7] = 4
     recs["exporter_addr"][::7, :4] = (192, 0, 2, 9)

@@ -1,8 +1,9 @@
 """-n HOST:PORT: NetFlow v5, v9 and IPFIX export, read back by real collectors (nfdump's nfcapd,
 tshark) and by our own header checks (sequence numbers, MTU, round robin, templates)."""
+import datetime
 import ipaddress
+import os
 import json
-import shutil
 import signal
 import socket
 import struct
@@ -12,7 +13,9 @@ import time
 
 import pytest
 
-from conftest import PCAPS, ROOT
+from conftest import PCAPS, ROOT, tcp_peers, tool, udp_queue, wait_until
+from recorded import datagram_pcap, receive_all
+from test_collect_live import udp_bound
 
 VERSIONS = (5, 9, 10)
 
@@ -22,6 +25,14 @@ def pcap(name):
     if not p.exists():
         pytest.skip(f"{p} not found")
     return str(p)
+
+
+@pytest.fixture(scope="module")
+def capture(traffic):
+    """The capture most tests export: tools/gen_pcap.py's mixed one (path text)."""
+    return str(traffic[0])
+
+
 
 
 def flowprobe(*args, timeout=60):
@@ -45,14 +56,11 @@ class Receiver:
         self.port = self.sock.getsockname()[1]
         self.target = f"127.0.0.1:{self.port}"
 
-    def drain(self, quiet=0.3):
-        out = []
-        self.sock.settimeout(quiet)
-        try:
-            while True:
-                out.append(self.sock.recv(65535))
-        except socket.timeout:
-            pass
+    def drain(self):
+        """Every datagram sent to it; the sender has finished (on loopback they are all queued
+        by then, and none was dropped)."""
+        assert udp_queue(self.port)[1] == 0, "the receiver's socket dropped datagrams"
+        out = receive_all(self.sock)
         self.sock.close()
         return out
 
@@ -71,104 +79,164 @@ def flow_key(d):
     return str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst))
 
 
-def sent_rows(flows, version):
-    """(src, dst, in pkts, in bytes, out pkts, out bytes) as a collector should see them."""
-    rows = []
-    for d in flows:
-        s, t = flow_key(d)
-        if version == 5:                 # IPv4 only, one unidirectional record per direction
-            if d["IP_PROTOCOL_VERSION"] != 4:
-                continue
-            rows.append((s, t, d["IN_PKTS"], d["IN_BYTES"], 0, 0))
-            if d["OUT_PKTS"]:
-                rows.append((t, s, d["OUT_PKTS"], d["OUT_BYTES"], 0, 0))
-        else:
-            rows.append((s, t, d["IN_PKTS"], d["IN_BYTES"], d["OUT_PKTS"], d["OUT_BYTES"]))
-    return sorted(rows)
-
-
-# --- nfdump ----------------------------------------------------------------------------------
-needs_nfdump = pytest.mark.skipif(not (shutil.which("nfcapd") and shutil.which("nfdump")),
-                                  reason="nfdump not installed (apt install nfdump)")
+# --- nfdump: every field, record for record ------------------------------------------------
+NFDUMP_FIELDS = ("ts", "te", "sa", "da", "sp", "dp", "pr", "flg", "stos", "dtos", "ipkt", "ibyt",
+                 "opkt", "obyt", "svln", "dvln", "ismc", "idmc")
+FLAG_LETTERS = "CEUAPRSF"                 # nfdump's flag string, 0x80 first
+L4_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP6", 132: "SCTP", 47: "GRE", 50: "ESP"}
+NO_MAC = "00:00:00:00:00:00"
 
 
 def nfcapd_collect(tmp_path, port, run):
+    """nfcapd on ``port`` while ``run()`` sends to it; (nfdump's records, run's result). Each
+    record: NFDUMP_FIELDS, times as epoch milliseconds."""
     d = tmp_path / f"nf{port}"
     d.mkdir()
     log = open(tmp_path / f"nfcapd{port}.log", "w+")
-    p = subprocess.Popen(["nfcapd", "-w", str(d), "-p", str(port), "-b", "127.0.0.1",
+    p = subprocess.Popen([tool("nfcapd"), "-w", str(d), "-p", str(port), "-b", "127.0.0.1",
                           "-t", "3600", "-B", "8000000"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            log.seek(0)
-            if "Startup" in log.read():
-                break
-            time.sleep(0.05)
-        time.sleep(0.2)
+        wait_until(lambda: udp_bound(port), what=f"nfcapd listening on UDP {port}")
         result = run()
-        time.sleep(0.3)
+        # the sender has exited, so every datagram is in nfcapd's socket queue (loopback) or
+        # counted as dropped there: nfcapd has read them all once the queue is empty
+        wait_until(lambda: udp_queue(port) == (0, 0), what="nfcapd reading every datagram")
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(10)
-    out = subprocess.run(["nfdump", "-R", str(d), "-q", "-o", "csv"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run([tool("nfdump"), "-6", "-R", str(d), "-q", "-o",
+                          "fmt:" + "|".join("%" + f for f in NFDUMP_FIELDS)],
+                         capture_output=True, text=True, timeout=30, env={**os.environ,
+                                                                          "TZ": "UTC"})
     assert out.returncode == 0, out.stderr
     rows = []
     for line in out.stdout.splitlines():
-        c = line.split(",")
-        if len(c) < 15 or not c[11].strip().isdigit():
+        c = [x.strip() for x in line.split("|")]
+        if len(c) != len(NFDUMP_FIELDS):
             continue
-        rows.append((str(ipaddress.ip_address(c[3])), str(ipaddress.ip_address(c[4])),
-                     int(c[11]), int(c[12]), int(c[13]), int(c[14])))
+        r = dict(zip(NFDUMP_FIELDS, c))
+        for t in ("ts", "te"):
+            dt = datetime.datetime.strptime(r[t], "%Y-%m-%d %H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc)
+            r[t] = int(dt.timestamp() * 1000 + 0.5)
+        for k in ("ipkt", "ibyt", "opkt", "obyt", "stos", "dtos", "svln", "dvln"):
+            r[k] = int(r[k])
+        r["sa"], r["da"] = (str(ipaddress.ip_address(r[k])) for k in ("sa", "da"))
+        rows.append(tuple(r[k] for k in NFDUMP_FIELDS))
     return sorted(rows), result
 
 
-@needs_nfdump
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("name", ["1kxun.pcap", "443-curl.pcap", "6in6tunnel.pcap"])
-def test_nfdump_reads_what_we_sent(tmp_path, version, name):
-    path = pcap(name)
+def flags_text(flags: int) -> str:
+    return "".join(ch if flags & (0x80 >> i) else "." for i, ch in enumerate(FLAG_LETTERS))
+
+
+def nfdump_rows(flows, version):
+    """The records nfdump must show for what flowprobe dumped (its JSON, the same run's flows):
+    v5 one record a direction (no VLAN, no MACs, one ToS and the flags of that direction), v9 and
+    IPFIX one biflow record (the OR of both directions' flags)."""
+    rows = []
+    for d in flows:
+        v = d["IP_PROTOCOL_VERSION"]
+        if version == 5 and v != 4:
+            continue
+        sa, da = (str(ipaddress.ip_address(d[f"IPV{v}_{k}_ADDR"])) for k in ("SRC", "DST"))
+        sp, dp, pr = d.get("L4_SRC_PORT", 0), d.get("L4_DST_PORT", 0), d["PROTOCOL"]
+        if pr in (1, 58):                      # nfdump shows ICMP as type.code in dp
+            sp, dp = 0, d["ICMP_TYPE"]
+        if version == 5:
+            ts, te = d["FLOW_START_MILLISECONDS"], d["FLOW_END_MILLISECONDS"]
+            rows.append((ts, te, sa, da, sp, dp, pr, d["CLIENT_TCP_FLAGS"], d["SRC_TOS"], 0,
+                         d["IN_PKTS"], d["IN_BYTES"], 0, 0, 0, 0, NO_MAC, NO_MAC))
+            if d["OUT_PKTS"]:
+                rows.append((ts, te, da, sa, 0 if pr in (1, 58) else dp,
+                             dp if pr in (1, 58) else sp, pr, d["SERVER_TCP_FLAGS"],
+                             d["DST_TOS"], 0, d["OUT_PKTS"], d["OUT_BYTES"], 0, 0, 0, 0,
+                             NO_MAC, NO_MAC))
+        else:
+            # the template has SRC_VLAN (58) and dot1qVlanId (243: the outer tag, or the only
+            # one); nfdump keeps 243 from v9 and 58 from IPFIX
+            vlan = d["DOT1Q_SRC_VLAN"] or d["SRC_VLAN"] if version == 9 else d["SRC_VLAN"]
+            rows.append((d["FLOW_START_MILLISECONDS"], d["FLOW_END_MILLISECONDS"], sa, da, sp,
+                         dp, pr, d["CLIENT_TCP_FLAGS"] | d["SERVER_TCP_FLAGS"], d["SRC_TOS"],
+                         d["DST_TOS"], d["IN_PKTS"], d["IN_BYTES"], d["OUT_PKTS"],
+                         d["OUT_BYTES"], vlan, 0, d["IN_SRC_MAC"], d["IN_DST_MAC"]))
+    out = []
+    for r in rows:
+        pr = r[6]
+        dp = f"{r[5] >> 8}.{r[5] & 255}" if pr in (1, 58) else str(r[5])
+        out.append((*r[:4], str(r[4]), dp, L4_NAMES.get(pr, str(pr)), flags_text(r[7]), *r[8:]))
+    return sorted(out)
+
+
+def export_matches_nfdump(tmp_path, path, version):
     flows = expected_flows(path)
     port = free_udp_port()
     got, r = nfcapd_collect(tmp_path, port, lambda: flowprobe(
         "-i", path, "-n", f"127.0.0.1:{port}", "-V", str(version)))
     assert r.returncode == 0, r.stderr
-    want = sent_rows(flows, version)
-    assert got == want
-    totals = [sum(x[i] for x in got) for i in (2, 3, 4, 5)]
-    print(f"{name} v{version}: {len(got)} records, pkts {totals[0]}+{totals[2]}, "
-          f"bytes {totals[1]}+{totals[3]}")
+    want = nfdump_rows(flows, version)
+    assert len(got) == len(want) and (want or version == 5)    # v5: no IPv6
+    wrong = [(g, w) for g, w in zip(got, want) if g != w]
+    assert not wrong, f"{len(wrong)} of {len(want)} records differ; first (nfdump, ours): " \
+                      f"{wrong[0]}"
+    return got
+
+
+@pytest.mark.tools("nfcapd", "nfdump")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_nfdump_reads_every_field_of_a_capture_spanning_years(tmp_path, version, generated):
+    """tools/gen_cases.py's span case: flows in 2016 and in 2022 (as 1kxun.pcap), VLANs, IPv6,
+    ToS, TCP flags, ICMP. v5/v9 times are 32-bit uptime milliseconds: every datagram needs a base
+    its flows fit."""
+    got = export_matches_nfdump(tmp_path, str(generated["span"][0]), version)
+    years = {datetime.datetime.fromtimestamp(r[0] / 1000, datetime.timezone.utc).year
+             for r in got}
+    assert years == {2016, 2022}
+
+
+@pytest.mark.tools("nfcapd", "nfdump")
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", ["1kxun.pcap", "vxlan.pcap", "4in4tunnel.pcap",
+                                  "http_ipv6.pcap", "6in6tunnel.pcap", "syslog.pcap"])
+def test_nfdump_reads_every_field_we_sent(tmp_path, version, name):
+    export_matches_nfdump(tmp_path, pcap(name), version)
+
+
+def test_a_flow_longer_than_the_uptime_clock_is_counted_not_sent():
+    import numpy as np
+    from engine.export.netflow import NetFlowExporter
+    from engine.fields import RECORD_DTYPE
+    for version in (5, 9):
+        rx = Receiver()
+        e = NetFlowExporter([(rx.target, ("127.0.0.1", rx.port), socket.AF_INET)],
+                            version=version)
+        rec = np.zeros(3, dtype=RECORD_DTYPE)
+        rec["ip_version"] = 4
+        rec["in_pkts"] = 1
+        rec["first_ms"] = [1_470_000_000_000, 1_470_000_000_000, 1_660_000_000_000]
+        rec["last_ms"] = [1_470_000_001_000, 1_660_000_000_000, 1_660_000_001_000]   # 6 years
+        e.export(rec)
+        e.close()
+        st = e.stats()
+        assert st["netflow_times_not_representable"] == st["netflow_conversion_drops"] == 1
+        grams = rx.drain()
+        assert len(grams) == 2 + (version == 9) * 0            # one datagram a base
+        assert st["netflow_records"] == 2
 
 
 # --- tshark ----------------------------------------------------------------------------------
-def write_pcap(path, datagrams, dport):
-    """LINKTYPE_RAW pcap of IPv4/UDP packets 127.0.0.1:40000 -> 127.0.0.1:dport."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
-        for i, d in enumerate(datagrams):
-            udp = struct.pack(">HHHH", 40000, dport, 8 + len(d), 0) + d
-            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
-                             socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
-            csum = sum(struct.unpack(">10H", ip))
-            csum = (csum & 0xFFFF) + (csum >> 16)
-            csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-            pkt = ip[:10] + struct.pack(">H", csum) + ip[12:] + udp
-            f.write(struct.pack("<IIII", 1000 + i, 0, len(pkt), len(pkt)) + pkt)
-
-
-@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@pytest.mark.tools("tshark")
 @pytest.mark.parametrize("version", VERSIONS)
-def test_tshark_dissects_every_datagram(tmp_path, version):
+def test_tshark_dissects_every_datagram(tmp_path, version, capture):
     rx = Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version),
+    r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version),
                   "-T", "@NTOPNG@ %ICMP_TYPE %FLOW_END_REASON %ENTROPY_CLIENT_BYTES %SEQ_PLEN")
     assert r.returncode == 0, r.stderr
     grams = rx.drain()
     assert grams
     f = tmp_path / "export.pcap"
-    write_pcap(f, grams, 2055)
-    base = ["tshark", "-n", "-r", str(f), "-d", "udp.port==2055,cflow"]
+    datagram_pcap(f, grams, 2055)
+    base = [tool("tshark"), "-n", "-r", str(f), "-d", "udp.port==2055,cflow"]
     bad = subprocess.run(base + ["-Y", "_ws.malformed || _ws.expert.severity >= warning"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 0, bad.stderr
@@ -214,9 +282,9 @@ def template_lengths(grams, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_sequence_numbers_mtu_and_engine(version):
+def test_sequence_numbers_mtu_and_engine(version, capture):
     rx = Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version), "--mtu", "600",
+    r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version), "--mtu", "600",
                   "-E", "3:7", "-U", "300")
     assert r.returncode == 0, r.stderr
     grams = rx.drain()
@@ -246,12 +314,12 @@ def test_sequence_numbers_mtu_and_engine(version):
             tsets = sum(1 for sid, _ in ipfix_sets(g, version) if sid == 0)
             assert count == records + (2 if tsets else 0)
         seq += records
-    assert seq == 213
+    assert seq == len(expected_flows(capture))
 
 
-def test_round_robin_and_all():
+def test_round_robin_and_all(capture):
     a, b = Receiver(), Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", a.target, "-n", b.target, "-V", "9")
+    r = flowprobe("-i", capture, "-n", a.target, "-n", b.target, "-V", "9")
     assert r.returncode == 0, r.stderr
     ga, gb = a.drain(), b.drain()
     assert ga and gb and abs(len(ga) - len(gb)) <= 1
@@ -259,7 +327,7 @@ def test_round_robin_and_all():
         assert any(sid == 0 for sid, _ in ipfix_sets(grams[0], 9))
         assert [struct.unpack_from(">I", g, 12)[0] for g in grams] == list(range(len(grams)))
     a, b = Receiver(), Receiver()
-    r = flowprobe("-i", pcap("1kxun.pcap"), "-n", a.target, "-n", b.target, "-V", "10", "-a")
+    r = flowprobe("-i", capture, "-n", a.target, "-n", b.target, "-V", "10", "-a")
     assert r.returncode == 0, r.stderr
     ga, gb = a.drain(), b.drain()
     assert len(ga) == len(gb) > 0 and [g[16:] for g in ga] == [g[16:] for g in gb]
@@ -289,30 +357,30 @@ def test_template_refresh_in_process():
 @pytest.mark.parametrize("value,needle", [
     ("localhost", "expected HOST:PORT"), ("127.0.0.1:0", "port must be"),
     ("127.0.0.1:http", "port must be"), ("no-such-host.invalid:2055", "cannot resolve")])
-def test_bad_collector_one_line(value, needle):
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", value)
+def test_bad_collector_one_line(value, needle, capture):
+    r = flowprobe("-i", capture, "-n", value)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,needle", [(["-V", "7"], "-V 7"), (["--mtu", "100"], "--mtu"),
                                          (["-U", "12"], "-U 12"), (["-E", "x:y"], "-E")])
-def test_bad_options_one_line(args, needle):
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", "127.0.0.1:9", *args)
+def test_bad_options_one_line(args, needle, capture):
+    r = flowprobe("-i", capture, "-n", "127.0.0.1:9", *args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_none_still_means_no_export():
-    r = flowprobe("-i", pcap("443-curl.pcap"), "-n", "none")
+def test_none_still_means_no_export(capture):
+    r = flowprobe("-i", capture, "-n", "none")
     assert r.returncode == 0 and r.stdout == ""
 
 
 # --- flowrelay -------------------------------------------------------------------------------
-def test_relay_classifies_our_exports_and_rejects_garbage():
+def test_relay_classifies_our_exports_and_rejects_garbage(capture):
     from engine.apps.flowrelay import classify
     want = {5: "netflow5", 9: "netflow9", 10: "ipfix"}
     for version in VERSIONS:
         rx = Receiver()
-        r = flowprobe("-i", pcap("1kxun.pcap"), "-n", rx.target, "-V", str(version))
+        r = flowprobe("-i", capture, "-n", rx.target, "-V", str(version))
         assert r.returncode == 0, r.stderr
         grams = rx.drain()
         assert grams and {classify(g) for g in grams} == {want[version]}
@@ -356,10 +424,9 @@ def recv_all(s, n, timeout=5.0):
     return out
 
 
-def test_relay_end_to_end_curve_allow_queue_reconnect():
-    zmq = pytest.importorskip("zmq")
-    if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
+@pytest.mark.curve
+def test_relay_end_to_end_curve_allow_queue_reconnect(capture):
+    import zmq
     public, secret = (k.decode() for k in zmq.curve_keypair())
     udp, zport = free_udp_port(), free_udp_port()
     p = relay_proc("-c", f"127.0.0.1:{udp}", "-z", f"tcp://127.0.0.1:{zport}c", f"--key={secret}",
@@ -374,14 +441,15 @@ def test_relay_end_to_end_curve_allow_queue_reconnect():
             tx.sendto(v5[:16] + struct.pack(">I", i) + v5[20:], ("127.0.0.1", udp))
         tx.sendto(b"not a flow datagram", ("127.0.0.1", udp))
         other.sendto(v5, ("127.0.0.1", udp))
-        time.sleep(0.5)
+        # the relay has read and queued them all once its socket is empty
+        wait_until(lambda: udp_queue(udp) == (0, 0), what="the relay reading its socket")
         s = pull(zmq, url, public)
         got = recv_all(s, 5)
         assert [struct.unpack_from(">I", m[1], 16)[0] for m in got] == [3, 4, 5, 6, 7]
         assert got[0][0].decode().startswith("127.0.0.1:")
         # a real export, relayed byte for byte while the probe is connected (-a: copy to rx)
         rx = Receiver()
-        r = flowprobe("-i", pcap("1kxun.pcap"), "-n", f"127.0.0.1:{udp}", "-n", rx.target,
+        r = flowprobe("-i", capture, "-n", f"127.0.0.1:{udp}", "-n", rx.target,
                       "-a", "-V", "10")
         assert r.returncode == 0, r.stderr
         sent = rx.drain()
@@ -389,10 +457,10 @@ def test_relay_end_to_end_curve_allow_queue_reconnect():
         assert [m[1] for m in got] == sent
         # the probe goes away and comes back: what arrived meanwhile is delivered
         s.close()
-        time.sleep(0.5)
+        wait_until(lambda: tcp_peers(zport) == 0, what="the probe's connection closed")
         for i in range(3):
             tx.sendto(v5[:16] + struct.pack(">I", 100 + i) + v5[20:], ("127.0.0.1", udp))
-        time.sleep(0.3)
+        wait_until(lambda: udp_queue(udp) == (0, 0), what="the relay reading its socket")
         s = pull(zmq, url, public)
         got = recv_all(s, 3)
         assert [struct.unpack_from(">I", m[1], 16)[0] for m in got] == [100, 101, 102]

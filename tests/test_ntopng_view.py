@@ -14,10 +14,10 @@ import zlib
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
-dpkt = pytest.importorskip("dpkt")
+import dpkt  # noqa: E402
+import zmq  # noqa: E402
 
-from conftest import ROOT, corpus_files  # noqa: E402
+from conftest import ROOT, corpus_params  # noqa: E402
 from test_zmq_tlv import _load_ndpi, ndpi_decode  # noqa: E402
 from test_zmq_e2e import free_port  # noqa: E402
 
@@ -32,13 +32,9 @@ def ndpi():
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory):
+def capture(many_flows):
     """A capture of 1,500 flows made by the project's generator (no outside files)."""
-    out = tmp_path_factory.mktemp("gen") / "ntopng-view-1500-flows.pcap"
-    subprocess.run([sys.executable, "tools/gen_pcap.py", "--seed", "7", "--packets", "9000",
-                    "--flows", "1500", "--duration", "20", "-q", "-o", str(out)], cwd=ROOT,
-                   check=True)
-    return out
+    return many_flows[0]
 
 
 def run_stream(path, *args, fmt="t", compress=True):
@@ -150,11 +146,11 @@ def check_macs(ndpi, path):
     return checked
 
 
-def test_each_host_carries_its_own_mac_generated(ndpi, generated):
-    assert check_macs(ndpi, generated) >= 2 * 1500 * 0.9
+def test_each_host_carries_its_own_mac_generated(ndpi, capture):
+    assert check_macs(ndpi, capture) >= 2 * 1500 * 0.9
 
 
-@pytest.mark.parametrize("pcap", corpus_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("pcap", corpus_params(), ids=lambda p: getattr(p, "name", p))
 def test_each_host_carries_its_own_mac(ndpi, pcap):
     """Every development capture with Ethernet (the others have no MACs to check)."""
     checked = check_macs(ndpi, pcap)
@@ -163,9 +159,9 @@ def test_each_host_carries_its_own_mac(ndpi, pcap):
 
 
 @pytest.mark.parametrize("fmt", ["t", "j"])
-def test_ntopng_counts_every_flow(ndpi, generated, fmt):
+def test_ntopng_counts_every_flow(ndpi, capture, fmt):
     """ntopng counts each message's flows modulo 256: with at most 255 a message it counts all."""
-    msgs, err = run_stream(generated, fmt=fmt)
+    msgs, err = run_stream(capture, fmt=fmt)
     ffi, lib = ndpi
     per_message = []
     for topic, hdr, data in msgs:
@@ -173,7 +169,7 @@ def test_ntopng_counts_every_flow(ndpi, generated, fmt):
             continue
         n = len(ndpi_decode(ffi, lib, data)) if fmt == "t" else len(json.loads(data))
         per_message.append(n)
-    total = len(dumped(generated))
+    total = len(dumped(capture))
     assert total == 1500
     assert sum(per_message) == total
     assert max(per_message) <= 255
@@ -181,10 +177,10 @@ def test_ntopng_counts_every_flow(ndpi, generated, fmt):
     assert len(per_message) >= total // 255
 
 
-def test_probe_page(generated):
+def test_probe_page(capture):
     """The first event precedes the first flow (ntopng counts exported flows from there on);
     every member ntopng reads is set and fits ntopng's fields."""
-    msgs, err = run_stream(generated)
+    msgs, err = run_stream(capture)
     assert msgs[0][0] == "event"
     first = json.loads(msgs[0][2])
     assert first["zmq"]["num_flow_exports"] == 0
@@ -194,34 +190,34 @@ def test_probe_page(generated):
     assert nflows >= 6
     assert last["zmq"]["num_flow_exports"] - first["zmq"]["num_flow_exports"] == 1500
     for ev in events:
-        assert ev["iface"]["name"] == generated.name[:31]          # the file name, not the path
+        assert ev["iface"]["name"] == capture.name[:31]          # the file name, not the path
         assert len(ev["probe"]["uuid"]) <= 35
         assert ev["zmq"]["num_exporters"] == 1
         assert ev["mode"] == "packet_collection"
 
 
-def test_long_capture_name_is_shortened(tmp_path, generated):
+def test_long_capture_name_is_shortened(tmp_path, capture):
     long = tmp_path / ("a-capture-with-a-name-longer-than-ntopng-keeps" + ".pcap")
-    long.symlink_to(generated)
+    long.symlink_to(capture)
     msgs, _ = run_stream(long, "-d", "60")
     names = {json.loads(d)["iface"]["name"] for t, _, d in msgs if t == "event"}
     assert names == {"a-capture-with-a-name-longer-t~"}           # 31 characters
 
 
-def test_flows_per_message_flag_is_bounded(ndpi, generated):
-    r = subprocess.run([sys.executable, "-m", "engine", "-i", str(generated), "--zmq",
+def test_flows_per_message_flag_is_bounded(ndpi, capture):
+    r = subprocess.run([sys.executable, "-m", "engine", "-i", str(capture), "--zmq",
                         "tcp://127.0.0.1:1", "--zmq-max-flows-per-message", "256"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.startswith("flowprobe: error: --zmq-max-flows-per-message 256: expected "
                                "1..255"), r.stderr
-    msgs, _ = run_stream(generated, "--zmq-max-flows-per-message", "100")
+    msgs, _ = run_stream(capture, "--zmq-max-flows-per-message", "100")
     ffi, lib = ndpi
     counts = [len(ndpi_decode(ffi, lib, d)) for t, _, d in msgs if t == "flow"]
     assert max(counts) == 100 and sum(counts) == 1500
 
 
-def test_final_event_reaches_ntopngs_totals(generated):
+def test_final_event_reaches_ntopngs_totals(capture):
     """ntopng folds events into its totals at most once a second: the last one (with the final
     flow count) comes at least a second after the one before it."""
     port = free_port()
@@ -229,7 +225,7 @@ def test_final_event_reaches_ntopngs_totals(generated):
     s = ctx.socket(zmq.SUB)
     s.setsockopt(zmq.SUBSCRIBE, b"event")
     s.connect(f"tcp://127.0.0.1:{port}")
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "-i", str(generated), "--zmq",
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "-i", str(capture), "--zmq",
                              f"tcp://127.0.0.1:{port}", "--zmq-wait-subscriber", "10"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stamps = []

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import PCAPS, ROOT, corpus_files
+from conftest import ROOT, corpus_files
 from engine._fastpath import META_DTYPE
 from engine._reader import PcapReader
 

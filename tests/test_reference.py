@@ -3,7 +3,6 @@ independent decoder. Packets come from hypothesis strategies (built with struct)
 feature scenarios and from every development capture in /work/shared/pcaps."""
 from __future__ import annotations
 
-import glob
 import math
 import os
 import struct
@@ -11,24 +10,22 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-dpkt = pytest.importorskip("dpkt")
+import dpkt  # noqa: E402
 
+from conftest import NO_SHARED, corpus_files  # noqa: E402
 from engine import reference as ref  # noqa: E402
 from engine._fastpath import META_DTYPE, FlowTable  # noqa: E402
-from engine._reader import PcapReader  # noqa: E402
 from engine.fields import COLUMNS  # noqa: E402
+import cases  # noqa: E402,F401  (tools/ on the path)
+from corpus import capture_packets  # noqa: E402
 
 # REFERENCE_EXAMPLES=5000 REFERENCE_RANDOM=1 for a longer, non-reproducible bug hunt
 SETTINGS = settings(max_examples=int(os.environ.get("REFERENCE_EXAMPLES", 200)), deadline=None,
                     derandomize=not os.environ.get("REFERENCE_RANDOM"), database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# the development captures, where tests/conftest.py finds them
-PCAP_DIR = os.path.join(os.environ.get("FLOWPROBE_SHARED", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared")),
-    "pcaps")
 MS = 1_000_000          # ns
 SEC = 1_000_000_000
 
@@ -95,105 +92,9 @@ def assert_same(packets, **kw):
     return want
 
 
-# --- packet builders (struct) -------------------------------------------------------------------
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def eth(payload: bytes, ethertype=0x0800, vlans=(), src=b"\x02\0\0\0\0\x01",
-        dst=b"\x02\0\0\0\0\x02", tpids=None) -> bytes:
-    hdr = dst + src
-    for i, v in enumerate(vlans):
-        tpid = tpids[i] if tpids else (0x88A8 if i == 0 and len(vlans) > 1 else 0x8100)
-        hdr += struct.pack("!HH", tpid, v)
-    return hdr + struct.pack("!H", ethertype) + payload
-
-
-def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, tos=0, ident=1, mf=False,
-         frag_off=0, options=b"", ttl=64, total=None) -> bytes:
-    hl = 20 + len(options)
-    assert hl % 4 == 0
-    tot = hl + len(payload) if total is None else total
-    fo = (0x2000 if mf else 0) | (frag_off // 8)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | hl // 4, tos, tot, ident, fo, ttl, proto, 0,
-                      src, dst) + options
-    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
-    return hdr + payload
-
-
-def ipv6(src: bytes, dst: bytes, nh: int, payload: bytes, tclass=0, ext=()) -> bytes:
-    """ext: [(type, body)] extension headers in order; the fragment header body is 6 bytes."""
-    chain = b""
-    types = [t for t, _ in ext] + [nh]
-    for i, (t, body) in enumerate(ext):
-        nxt = types[i + 1]
-        if t == 44:
-            chain += struct.pack("!B", nxt) + body
-        elif t == 51:
-            chain += struct.pack("!BB", nxt, (len(body) + 2) // 4 - 2) + body
-        else:
-            chain += struct.pack("!BB", nxt, (len(body) + 2) // 8 - 1) + body
-    payload = chain + payload
-    first = types[0]
-    return struct.pack("!IHBB16s16s", (6 << 28) | (tclass << 20), len(payload), first, 64,
-                       src, dst) + payload
-
-
-def tcp(sport, dport, flags, payload=b"", options=b"", seq=1, ack=0) -> bytes:
-    hl = 20 + len(options)
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (hl // 4) << 4, flags, 65535, 0,
-                       0) + options + payload
-
-
-def udp(sport, dport, payload=b"") -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-
-
-def icmp(typ, code, payload=b"") -> bytes:
-    return struct.pack("!BBHI", typ, code, 0, 0) + payload
-
-
-def sctp(sport, dport, payload=b"") -> bytes:
-    return struct.pack("!HHII", sport, dport, 0, 0) + payload
-
-
-def gre(inner: bytes, proto=0x0800, key=None, seq=None, checksum=False) -> bytes:
-    fl = (0x8000 if checksum else 0) | (0x2000 if key is not None else 0) | \
-         (0x1000 if seq is not None else 0)
-    hdr = struct.pack("!HH", fl, proto)
-    if checksum:
-        hdr += b"\0\0\0\0"
-    if key is not None:
-        hdr += struct.pack("!I", key)
-    if seq is not None:
-        hdr += struct.pack("!I", seq)
-    return hdr + inner
-
-
-def vxlan(inner_eth: bytes, vni=42) -> bytes:
-    return struct.pack("!II", 0x08000000, vni << 8) + inner_eth
-
-
-def gtpu(inner_ip: bytes, teid=7, seq=None) -> bytes:
-    if seq is None:
-        return struct.pack("!BBHI", 0x30, 0xFF, len(inner_ip), teid) + inner_ip
-    return struct.pack("!BBHIHBB", 0x32, 0xFF, len(inner_ip) + 4, teid, seq, 0, 0) + inner_ip
-
-
-def mpls(inner: bytes, labels=(16,)) -> bytes:
-    out = b""
-    for i, lab in enumerate(labels):
-        out += struct.pack("!I", (lab << 12) | ((1 if i == len(labels) - 1 else 0) << 8) | 64)
-    return out + inner
-
-
-def pppoe(inner: bytes, v6=False) -> bytes:
-    return struct.pack("!BBHHH", 0x11, 0, 1, len(inner) + 2, 0x0057 if v6 else 0x0021) + inner
+# --- packet builders: tools/packets.py ----------------------------------------------------------
+from packets import (eth, gre, gtpu, icmp, ipv4, ipv6, mpls, pppoe, sctp, tcp,  # noqa: E402
+                     udp, vxlan)
 
 
 V4 = [bytes([10, 0, 0, i]) for i in range(1, 5)]
@@ -593,7 +494,8 @@ C_MAC, S_MAC = b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"
 
 def tcp_pkt(ts, reverse, flags, payload=b""):
     a, b, sp, dp = (V4[1], V4[0], 443, 50000) if reverse else (V4[0], V4[1], 50000, 443)
-    f = eth(ipv4(a, b, 6, tcp(sp, dp, flags, payload)))
+    f = eth(ipv4(a, b, 6, tcp(sp, dp, flags, payload)), src=S_MAC if reverse else C_MAC,
+            dst=C_MAC if reverse else S_MAC)
     return (ts, f, len(f), 1)
 
 
@@ -727,7 +629,9 @@ def test_payload_before_handshake_completes_opens_window():
 def test_syn_ack_first_makes_receiver_the_client():
     rec = only_flow([tcp_pkt(0, True, 0x12), tcp_pkt(MS, False, 0x10)])
     assert rec["src_port"] == 50000 and rec["in_pkts"] == 1 and rec["out_pkts"] == 1
-    assert rec["src_mac"] == list(C_MAC) or rec["src_mac"] == list(b"\x02\0\0\0\0\x02")
+    # the SYN-ACK went from the server's MAC to the client's: the client's is the source MAC
+    assert (rec["src_mac"], rec["dst_mac"]) == (list(C_MAC), list(S_MAC))
+    assert (rec["client_tcp_flags"], rec["server_tcp_flags"]) == (0x10, 0x12)
 
 
 def test_rst_linger_and_new_syn():
@@ -739,46 +643,47 @@ def test_rst_linger_and_new_syn():
 
 
 def test_lifetime_slices_carry_features():
+    # packets every 3 s, lifetime 10 s: the packet at 12 s ends the slice 0-9 s (4 packets),
+    # the one at 24 s the slice 12-21 s (4), the last slice has 24 and 27 s (2). Counters start
+    # again in each slice; the behaviour features go on counting the same window
     pkts = [udp_pkt(k * SEC, False, b"q" * 10) for k in range(0, 30, 3)]
-    recs = assert_same(pkts, lifetime=10.0)
-    assert [r["end_reason"] for r in sorted(recs, key=lambda r: r["first_ms"])] == [1, 1, 4]
+    recs = sorted(assert_same(pkts, lifetime=10.0), key=lambda r: r["first_ms"])
+    assert [(r["end_reason"], r["first_ms"], r["last_ms"], r["in_pkts"], r["in_bytes"])
+            for r in recs] == [(1, 0, 9000, 4, 4 * 38), (1, 12000, 21000, 4, 4 * 38),
+                               (4, 24000, 27000, 2, 2 * 38)]
+    assert [r["seq_plen"] for r in recs] == [[4, 0, 0, 0, 0, 0], [8, 0, 0, 0, 0, 0],
+                                             [10, 0, 0, 0, 0, 0]]
+    assert [r["seq_tdiff"] for r in recs] == [[0] * 5 + [3], [0] * 5 + [7], [0] * 5 + [9]]
+
+
+@pytest.mark.parametrize("gap_us,flows", [(30_000_000 - 1, 1), (30_000_000, 2)])
+def test_idle_expiry_at_exactly_last_plus_idle(gap_us, flows):
+    recs = sorted(assert_same([udp_pkt(0, False, b"a"), udp_pkt(gap_us * 1000, False, b"b")]),
+                  key=lambda r: r["first_ms"])
+    assert [r["end_reason"] for r in recs] == ([4] if flows == 1 else [0, 4])
+    assert sum(r["in_pkts"] for r in recs) == 2
+
+
+@pytest.mark.parametrize("after_ms,same_flow", [(1999, True), (2000, False)])
+def test_fin_linger_keeps_stragglers_for_two_seconds(after_ms, same_flow):
+    fin = list(HANDSHAKE) + [tcp_pkt(MS, False, 0x11), tcp_pkt(2 * MS, True, 0x11)]
+    straggler = tcp_pkt(2 * MS + after_ms * MS, False, 0x10)
+    recs = sorted(assert_same(fin + [straggler]), key=lambda r: r["first_ms"])
+    if same_flow:                   # the last ACK within the linger counts to the closed flow
+        assert [(r["end_reason"], r["in_pkts"], r["out_pkts"]) for r in recs] == [(2, 4, 2)]
+    else:                           # exported at last + 2 s; the ACK starts a flow of its own
+        assert [(r["end_reason"], r["in_pkts"], r["out_pkts"]) for r in recs] == [
+            (2, 3, 2), (4, 1, 0)]
 
 
 # --- (d) development captures ---------------------------------------------------------------------
-def capture_packets(path, truncated=None):
-    out = []
-    with PcapReader(path) as rd:
-        meta = np.zeros(4096, dtype=META_DTYPE)
-        buf = rd.buffer
-        while True:
-            n = rd.next_batch(meta)
-            if n == 0:
-                break
-            for m in meta[:n]:
-                o, c = int(m["offset"]), int(m["caplen"])
-                out.append((int(m["ts_ns"]), bytes(buf[o:o + c]), int(m["wirelen"]),
-                            int(m["linktype"])))
-        if truncated is not None:
-            truncated.append(rd.truncated)
-    return out
+CAPTURES = [str(p) for p in corpus_files()]
 
 
-CAPTURES = sorted(glob.glob(os.path.join(PCAP_DIR, "*.pcap")) +
-                  glob.glob(os.path.join(PCAP_DIR, "*.pcapng")) +
-                  glob.glob(os.path.join(PCAP_DIR, "*.cap")))
-CAPTURE_XFAIL: dict = {}
-
-
-@pytest.mark.skipif(not CAPTURES, reason="no development captures in " + PCAP_DIR)
-@pytest.mark.parametrize("path", [pytest.param(p, id=os.path.basename(p), marks=(
-    [pytest.mark.xfail(strict=True, reason=CAPTURE_XFAIL[os.path.basename(p)])]
-    if os.path.basename(p) in CAPTURE_XFAIL else [])) for p in CAPTURES] or ["none"])
+@pytest.mark.parametrize("path", [pytest.param(str(p), id=p.name) for p in corpus_files()] or [
+    pytest.param(None, marks=pytest.mark.skip(reason=NO_SHARED), id="no-development-set")])
 def test_capture_matches_reference(path):
-    try:
-        packets = capture_packets(path)
-    except ValueError as e:
-        pytest.skip(f"not readable by PcapReader: {e}")
-    assert_same(packets)
+    assert_same(capture_packets(path))
 
 
 def dpkt_frames(path):
@@ -794,21 +699,15 @@ def dpkt_frames(path):
 DPKT_XFAIL = {"fuzz-2021-10-13.pcap": "pcap 2.0: dpkt does not swap the record's lengths"}
 
 
-@pytest.mark.skipif(not CAPTURES, reason="no development captures in " + PCAP_DIR)
-@pytest.mark.parametrize("path", [pytest.param(p, id=os.path.basename(p), marks=(
-    [pytest.mark.xfail(strict=True, reason=DPKT_XFAIL[os.path.basename(p)])]
-    if os.path.basename(p) in DPKT_XFAIL else [])) for p in CAPTURES] or ["none"])
+@pytest.mark.parametrize("path", [pytest.param(str(p), id=p.name, marks=(
+    [pytest.mark.xfail(strict=True, reason=DPKT_XFAIL[p.name])] if p.name in DPKT_XFAIL else []))
+    for p in corpus_files()] or [
+    pytest.param(None, marks=pytest.mark.skip(reason=NO_SHARED), id="no-development-set")])
 def test_capture_reader_agrees_with_dpkt(path):
     """PcapReader and dpkt read the same frames with the same timestamps (to 1 us)."""
     cut = []
-    try:
-        ours = capture_packets(path, cut)
-    except ValueError as e:
-        pytest.skip(f"not readable by PcapReader: {e}")
-    try:
-        theirs = dpkt_frames(path)
-    except Exception as e:                      # dpkt rejects some fuzzed files
-        pytest.skip(f"dpkt cannot read it: {e!r}")
+    ours = capture_packets(path, cut)
+    theirs = dpkt_frames(path)
     if cut[0]:
         # the file ends inside a record: PcapReader leaves the partial record out, dpkt hands
         # over what is there
@@ -824,11 +723,7 @@ def _frame_pool():
     """A few hundred distinct frames from the captures, for mutation (cached per session)."""
     pool, seen = [], set()
     for path in CAPTURES:
-        try:
-            pkts = capture_packets(path)
-        except ValueError:
-            continue
-        for ts, frame, wire, lt in pkts[:400:7]:
+        for ts, frame, wire, lt in capture_packets(path)[:400:7]:
             if (lt, frame[:64]) not in seen:
                 seen.add((lt, frame[:64]))
                 pool.append((frame, wire, lt))
@@ -850,7 +745,7 @@ def mutated_capture_frames(draw):
     return bytes(frame), max(wire, len(frame)), lt
 
 
-@pytest.mark.skipif(not FRAME_POOL, reason="no development captures in " + PCAP_DIR)
+@pytest.mark.skipif(not FRAME_POOL, reason=NO_SHARED)
 @SETTINGS
 @given(st.lists(mutated_capture_frames(), min_size=1, max_size=8))
 def test_mutated_capture_frames_match_reference(frames):

@@ -15,7 +15,7 @@ from engine.export import tlv
 from engine.export.dump import DumpExporter
 from engine.export.netflow import NetFlowExporter
 from engine.export.templates import parse_template
-from engine.export.zmq import FlowEncoder
+from engine.export.encoders import FlowEncoder
 from engine.fields import NTOP_BASE_ID, NTOP_PEN, RECORD_DTYPE, Field, Kind
 
 NEW_ID = 900          # an ntop element number no real field uses

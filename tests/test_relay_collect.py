@@ -10,9 +10,7 @@ oldest beyond --queue are dropped and counted).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -23,14 +21,10 @@ import time
 
 import pytest
 
-from conftest import PCAPS, ROOT
-from test_collect_live import Tee, free_port, wait_bound
+from conftest import ROOT, tcp_peers, tool, wait_until
+from test_collect_live import Tee, free_port, run_exporter, wait_bound
 
-zmq = pytest.importorskip("zmq")
-needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
-SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"
-needs_softflowd = pytest.mark.skipif(not os.access(SOFTFLOWD, os.X_OK),
-                                     reason="softflowd not installed")
+import zmq  # noqa: E402
 
 
 def keypair():
@@ -98,33 +92,32 @@ def canon(flows):
     return sorted(json.dumps(f, sort_keys=True) for f in flows)
 
 
-def wait_quiet(counter, settle=0.5, timeout=15.0):
-    deadline = time.time() + timeout
-    last = -1
-    while time.time() < deadline and counter() != last:
-        last = counter()
-        time.sleep(settle)
+def relay_counts(relay, **want) -> dict:
+    """Wait until the relay's statistics line shows ``want`` (counter=value), and return it."""
+    return wait_until(lambda: (lambda st: st if all(st.get(k) == v for k, v in want.items())
+                               else None)(relay.last_stats()), what=f"the relay's {want}")
 
 
 # --- softflowd -> relay -> probe, against the same datagrams over UDP ------------------------
-@needs_curve
-@needs_softflowd
-@pytest.mark.parametrize("capture,version", [("1kxun.pcap", "9"), ("http_ipv6.pcap", "10"),
-                                             ("synscan.pcap", "5")])
-def test_softflowd_through_relay_matches_direct_udp(capture, version, pcaps_dir):
+@pytest.mark.curve
+@pytest.mark.tools("softflowd")
+@pytest.mark.parametrize("capture,version", [("traffic", "9"), ("traffic", "10"),
+                                             ("ethernet", "5")])
+def test_softflowd_through_relay_matches_direct_udp(capture, version, generated, traffic):
+    path = traffic[0] if capture == "traffic" else generated[capture][0]
     public, secret = keypair()
     relay = Relay(f"--key={secret}", "--allow", "127.0.0.1/32", "-v", "--stats-interval", "0.2")
     direct_port = free_port()
-    via_relay = Probe(relay.url, "--collector-encryption-key", public)
-    direct = Probe(f"127.0.0.1:{direct_port}")
+    # the relay queues what arrives before the probe has connected: no need to wait for it;
+    # each probe ends by itself once no datagram came for 3 s
+    via_relay = Probe(relay.url, "--collector-encryption-key", public, idle_exit=3.0)
+    direct = Probe(f"127.0.0.1:{direct_port}", idle_exit=3.0)
     wait_bound(direct_port, direct.proc)
-    time.sleep(1.0)                       # the relay probe connects and finishes its handshake
     tee = Tee([relay.udp, direct_port])
     try:
-        subprocess.run([SOFTFLOWD, "-r", str(PCAPS / capture), "-n", f"127.0.0.1:{tee.port}",
-                        "-v", version, "-c", "none"], capture_output=True, timeout=60,
-                       check=True)
-        wait_quiet(lambda: tee.count)
+        run_exporter([tool("softflowd"), "-r", str(path), "-n", f"127.0.0.1:{tee.port}", "-v",
+                      version, "-c", "none"])
+        tee.drain()
     finally:
         tee.close()
     # what the relay must drop: no flow export, and an exporter outside --allow
@@ -135,10 +128,9 @@ def test_softflowd_through_relay_matches_direct_udp(capture, version, pcaps_dir)
     other.sendto(tee.datagrams[0], ("127.0.0.1", relay.udp))
     tx.close()
     other.close()
-    wait_quiet(lambda: relay.last_stats().get("forwarded", -1))
-    time.sleep(0.5)
-    ours, err = via_relay.finish()
-    theirs, err_direct = direct.finish()
+    relay_counts(relay, received=tee.count + 2, forwarded=tee.count, queued=0)
+    ours, err = via_relay.finish(terminate=False)
+    theirs, err_direct = direct.finish(terminate=False)
     stats = relay.finish()
     assert tee.count > 0 and len(theirs) > 0
     assert stats["received"] == tee.count + 2
@@ -178,22 +170,19 @@ def flow_ids(flows) -> list[int]:
     return sorted(f["IN_PKTS"] - 1 for f in flows)
 
 
-@needs_curve
+@pytest.mark.curve
 def test_probe_reconnects_and_gets_what_the_relay_queued():
     public, secret = keypair()
     relay = Relay(f"--key={secret}", "--queue", "300", "-v", "--stats-interval", "0.2")
     try:
-        a = Probe(relay.url, "--collector-encryption-key", public)
-        time.sleep(1.0)
-        send_v5(relay.udp, 0, 200)                      # flows 0..1999, probe connected
-        wait_quiet(lambda: relay.last_stats().get("forwarded", -1))
-        time.sleep(0.5)
-        first, _ = a.finish()
+        a = Probe(relay.url, "--collector-encryption-key", public, idle_exit=3.0)
+        send_v5(relay.udp, 0, 200)                      # flows 0..1999, for probe a
+        relay_counts(relay, forwarded=200, queued=0)
+        first, _ = a.finish(terminate=False)            # it ends 3 s after the last datagram
         assert flow_ids(first) == list(range(2000))
-        time.sleep(0.5)                                 # the relay sees the probe go
+        wait_until(lambda: tcp_peers(relay.zport) == 0, what="the probe's connection closed")
         send_v5(relay.udp, 200, 400)                    # no probe: 300 queued, 100 dropped
-        wait_quiet(lambda: relay.last_stats().get("received", -1))
-        st = relay.last_stats()
+        st = relay_counts(relay, received=600)
         assert st["forwarded"] == 200 and st["queue_drops"] == 100 and st["queued"] == 300
         b = Probe(relay.url, "--collector-encryption-key", public, idle_exit=2.0)
         second, err = b.finish(terminate=False)
@@ -257,7 +246,7 @@ def test_bad_relay_options_one_line(args, needle):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-@needs_curve
+@pytest.mark.curve
 def test_hex_key_and_wrong_key():
     """A hex public key works as Z85 does; a wrong key delivers nothing and is counted."""
     from zmq.utils import z85
@@ -273,17 +262,28 @@ def test_hex_key_and_wrong_key():
         wrong = CollectorSource([], mode="passthrough", relays=[relay.url],
                                 relay_key=zmq.curve_keypair()[0])
         srcs = [good, wrong]
-        time.sleep(1.0)
-        send_v5(relay.udp, 0, 5)
+        send_v5(relay.udp, 0, 5)                        # queued until a probe can take them
         recs = []
-        deadline = time.time() + 5
-        while time.time() < deadline and len(recs) < 50:
-            recs += list(good.process(good.receive(0.1)))
+
+        def fifty():
+            recs.extend(good.process(good.receive(0.1)))
             wrong.receive(0)
+            return len(recs) >= 50
+        wait_until(fifty, what="the 50 flows through the relay")
         assert len(recs) == 50
-        assert wrong.stats()["relays"][0]["handshake_failures"] >= 1
+        wait_until(lambda: wrong.receive(0) or wrong.stats()["relays"][0][
+            "handshake_failures"] >= 1, what="the wrong key's failed handshake")
         assert good.stats()["relays"][0]["handshakes"] == 1
     finally:
         for s in srcs:
             s.close()
         relay.finish()
+
+
+def test_genkey_prints_a_matching_key_pair():
+    r = subprocess.run([sys.executable, "-m", "engine.apps.flowrelay", "--genkey"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30, check=True)
+    keys = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert set(keys) == {"public", "secret"}
+    assert zmq.curve_public(keys["secret"].encode()).decode() == keys["public"]
+    assert keys["public"] != zmq.curve_keypair()[0].decode()       # a new pair each time

@@ -7,17 +7,17 @@ every flow must be captured exactly once. Supervision: a SIGKILLed worker is rep
 exit status 1; live: restarted, its flows counted as lost); SIGTERM drains every worker."""
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
-from conftest import HOST_IP, NS_IP, ROOT, corpus_files, live
+from conftest import HOST_IP, NO_SHARED, NS_IP, ROOT, Running, corpus_files, live, wait_until
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 WORKER_LINE = re.compile(r"worker (\d+) core (\d+) pid (\d+):")
@@ -40,54 +40,10 @@ def summary(err: str) -> dict:
             "exported": int(m[4]), "line": line}
 
 
-class Running:
-    """A flowprobe process whose stderr is read line by line in a thread."""
-
-    def __init__(self, cmd, stdout=subprocess.DEVNULL):
-        self.out = None
-        if stdout == subprocess.PIPE:      # a file: a full pipe would stall the probe
-            import tempfile
-            self.out = tempfile.TemporaryFile("w+")
-            stdout = self.out
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=stdout,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern, timeout=30.0):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                m = rx.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None and not self.thread.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
-
-    def pids(self) -> dict:
-        self.wait_for(r"worker 1 core \d+ pid \d+:")
-        return {int(m[1]): int(m[3]) for m in map(WORKER_LINE.search, list(self.lines)) if m}
-
-    def finish(self, timeout=60):
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            self.proc.kill()
-        self.thread.join(5)
-        out = ""
-        if self.out is not None:
-            self.out.seek(0)
-            out = self.out.read()
-            self.out.close()
-        return out, "\n".join(self.lines)
+def worker_pids(run: Running) -> dict:
+    """Worker -> pid, once both workers have printed statistics."""
+    run.wait_for(r"worker 1 core \d+ pid \d+:")
+    return {int(m[1]): int(m[3]) for m in map(WORKER_LINE.search, list(run.lines)) if m}
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -110,23 +66,33 @@ def test_unavailable_core_is_one_line():
     assert "core 100000 is not available" in r.stderr
 
 
-def test_two_workers_same_flows_as_one_process(pcaps_dir, tmp_path):
-    """Every development capture (tunnels, fragments, malformed packets), one list file: two
-    workers export exactly the flows of one process, and count the same packets and drops."""
+@pytest.mark.parametrize("inputs", ["generated", "development"])
+def test_two_workers_same_flows_as_one_process(inputs, tmp_path, generated, many_flows):
+    """Every generated capture (tunnels, fragments, malformed packets, every link type) or every
+    development capture, one list file: two workers export exactly the flows of one process,
+    and count the same packets and drops."""
+    if inputs == "generated":
+        paths = [p for p, _ in generated.values()] + [many_flows[0]]
+        least = 1500                    # flows of different files may merge: same keys
+    else:
+        paths = corpus_files() or pytest.skip(NO_SHARED)
+        least = 2700
     listing = tmp_path / "all.txt"
-    listing.write_text("".join(f"{p}\n" for p in corpus_files()))
+    listing.write_text("".join(f"{p}\n" for p in paths))
     one = flowprobe("-i", str(listing), "--dump-format", "json")
     two = flowprobe("-g", two_cores(), "-i", str(listing), "--dump-format", "json")
     assert "Traceback" not in two.stderr
     assert one.returncode == two.returncode, (one.stderr, two.stderr)   # 1: a truncated capture
     flows1, flows2 = sorted(one.stdout.splitlines()), sorted(two.stdout.splitlines())
-    assert len(flows1) > 2700
+    assert len(flows1) >= least
     assert flows1 == flows2
     s1, s2 = summary(one.stderr), summary(two.stderr)
     assert (s1["packets"], s1["bytes"], s1["flows"], s1["exported"]) == \
         (s2["packets"], s2["bytes"], s2["flows"], s2["exported"])
     assert s1["line"].split("drops: ")[1] == s2["line"].split("drops: ")[1].rsplit(", ", 1)[0]
-    assert two.stderr.splitlines()[-1] == one.stderr.splitlines()[-1]     # the same warning
+    warnings = [[x for x in r.stderr.splitlines() if " packets (" not in x and "worker" not in x
+                 and "hand-off" not in x] for r in (one, two)]
+    assert warnings[0] == warnings[1]                                # the same warnings
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +110,7 @@ def long_input(tmp_path_factory):
 def test_killed_file_worker_is_reported(long_input):
     run = Running([sys.executable, "-m", "engine", "-g", two_cores(), "-b", "1",
                    "-i", str(long_input), "-n", "none"])
-    pids = run.pids()
+    pids = worker_pids(run)
     os.kill(pids[1], signal.SIGKILL)
     _, err = run.finish()
     died = [x for x in err.splitlines() if "died (" in x]
@@ -159,7 +125,7 @@ def test_killed_file_worker_is_reported(long_input):
 def test_sigterm_drains_every_worker(long_input):
     run = Running([sys.executable, "-m", "engine", "-g", two_cores(), "-b", "1",
                    "-i", str(long_input), "--dump-format", "json"], stdout=subprocess.PIPE)
-    run.pids()
+    worker_pids(run)
     run.proc.send_signal(signal.SIGTERM)
     out, err = run.finish()
     assert run.proc.returncode == 0, err
@@ -193,13 +159,12 @@ def test_pfring_request_without_binding_is_one_line():
 @pytest.mark.skipif(not _pfring_built(),
                     reason="PF_RING binding not built: libpfring/pfring.h not installed")
 def test_pfring_capture_on_loopback():
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "-i", "pfring:lo", "--dump-format",
-                             "json"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    run = Running([sys.executable, "-m", "engine", "-i", "pfring:lo", "--dump-format", "json",
+                   "-b", "1"], stdout=subprocess.PIPE)
+    run.wait_for(r" pkts, \d+ active flows")               # the ring is open and read
+    run.proc.send_signal(signal.SIGINT)
+    _, err = run.finish()
+    assert run.proc.returncode == 0, err
 
 
 STUB_H = r"""
@@ -282,14 +247,13 @@ os.replace(out, os.path.join({str(pkg)!r}, os.path.basename(out)))
     (site / "sitecustomize.py").write_text(f"import engine; engine.__path__.append({str(pkg)!r})")
     env["PYTHONPATH"] = f"{site}:{ROOT}"
     for g in ([], ["-g", two_cores()]):
-        proc = subprocess.Popen([sys.executable, "-m", "engine", *g, "-i", "pfring:lo",
-                                 "--dump-format", "json"], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(3.0)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
         workers = 2 if g else 1                  # the stub does not balance: each sees all
+        run = Running([sys.executable, "-m", "engine", *g, "-i", "pfring:lo", "--dump-format",
+                       "json", "-b", "1"], stdout=subprocess.PIPE, env=env)
+        wait_packets(run, 10000 * workers)        # every worker read the stub's 10000 packets
+        run.proc.send_signal(signal.SIGTERM)
+        out, err = run.finish()
+        assert run.proc.returncode == 0, err
         flows = [json.loads(x) for x in out.splitlines()]
         assert sum(f["IN_PKTS"] for f in flows) == 10000 * workers, (out, err)
         assert all(f["L4_SRC_PORT"] == 40001 and f["IN_BYTES"] % 29 == 0 for f in flows)
@@ -311,6 +275,21 @@ for i in range(max(3 + k % 7 for k in range(n))):
             s.sendto(bytes([i]) * (50 + 10 * k), (host, 9999))
     time.sleep(0.002)
 """
+
+
+SENT = sum(3 + k % 7 for k in range(40))       # packets of send(..., 40)
+STATUS = re.compile(r"^flowprobe: \d+ pkts/s [\d.]+ Mbit/s, (\d+) pkts, ")  # summed, not a worker
+
+
+def packets_seen(run: Running) -> int:
+    """The packet count of the latest summed status line (-b 1)."""
+    counts = [int(m[1]) for m in map(STATUS.search, list(run.lines)) if m]
+    return counts[-1] if counts else 0
+
+
+def wait_packets(run: Running, at_least: int) -> None:
+    wait_until(lambda: packets_seen(run) >= at_least, timeout=30,
+               what=f"a status line with at least {at_least} packets")
 
 
 def send(peer_ns, first, n):
@@ -344,9 +323,9 @@ def test_two_live_workers_capture_every_flow_once(veth):
     run = Running(["ip", "netns", "exec", probe_ns, sys.executable, "-m", "engine", "-g",
                    two_cores(), "-i", probe_if, "--dump-format", "json", "-b", "1",
                    "--metrics", "127.0.0.1:19177"], stdout=subprocess.PIPE)
-    run.pids()                                   # both workers have reported statistics
+    worker_pids(run)                                   # both workers have reported statistics
     send(peer_ns, 41000, 40)
-    time.sleep(1.5)
+    wait_packets(run, SENT)
     scrape = subprocess.run(["ip", "netns", "exec", probe_ns, sys.executable, "-c",
                              "import urllib.request; print(urllib.request.urlopen("
                              "'http://127.0.0.1:19177/metrics', timeout=10).read().decode())"],
@@ -376,13 +355,12 @@ def test_killed_live_worker_is_restarted_and_its_flows_counted_lost(veth):
     run = Running(["ip", "netns", "exec", probe_ns, sys.executable, "-m", "engine", "-g",
                    two_cores(), "-i", probe_if, "--dump-format", "json", "-b", "1"],
                   stdout=subprocess.PIPE)
-    pids = run.pids()
+    pids = worker_pids(run)
     send(peer_ns, 42000, 40)
-    n_lines = len(run.lines)
-    deadline = time.monotonic() + 10            # worker 1's statistics show its active flows
-    while time.monotonic() < deadline and not any(
-            re.search(r"worker 1 .* [1-9]\d* active flows", x) for x in run.lines[n_lines:]):
-        time.sleep(0.1)
+    wait_packets(run, SENT)
+    n_lines = len(run.lines)                    # worker 1's statistics show its active flows
+    wait_until(lambda: any(re.search(r"worker 1 .* [1-9]\d* active flows", x)
+                           for x in run.lines[n_lines:]), what="worker 1's active flows")
     os.kill(pids[1], signal.SIGKILL)
     m = run.wait_for(rf"worker 1 \(core \d+, pid {pids[1]}\) died \(killed by SIGKILL\); "
                      r"(\d+) flows lost; restarting it")
@@ -390,9 +368,9 @@ def test_killed_live_worker_is_restarted_and_its_flows_counted_lost(veth):
     assert lost > 0
     # the new worker reports statistics once its capture is open and in the fanout group
     run.wait_for(rf"worker 1 core \d+ pid (?!{pids[1]}:)\d+:")
-    time.sleep(0.5)
+    before = packets_seen(run)
     send(peer_ns, 43000, 40)
-    time.sleep(1.5)
+    wait_packets(run, before + SENT)
     run.proc.send_signal(signal.SIGINT)
     out, err = run.finish()
     assert run.proc.returncode == 0, err
@@ -402,3 +380,65 @@ def test_killed_live_worker_is_restarted_and_its_flows_counted_lost(veth):
     # worker 1's active flows (ours among them) are the lost ones; worker 0's all arrived
     assert 40 - lost <= len(first) < 40
     check_flows(out, 43000, 40)                  # after the restart: every flow, once
+
+
+# --- one probe to the outside: -g with --zmq and -n --------------------------------------------
+def test_workers_feed_one_zmq_stream(many_flows):
+    """Two workers, one ZeroMQ endpoint: one message-id sequence, every flow once, and the last
+    event's counters summed over the workers."""
+    from engine.subscribe import Subscriber, flows_of
+    from test_zmq_e2e import collect, free_port
+    path, meta = many_flows
+    port = free_port()
+    with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "-g", two_cores(), "-i",
+                                 str(path), "--zmq", f"tcp://127.0.0.1:{port}",
+                                 "--zmq-wait-subscriber", "10"], cwd=ROOT, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        msgs, _, err = collect(sub, proc)
+    assert proc.returncode == 0, err
+    assert [m.header.msg_id for m in msgs] == list(range(1, len(msgs) + 1))
+    flows = [f for m in msgs if m.topic == "flow" for f in flows_of(m)]
+    assert len(flows) == meta["flows"]
+    last = [m.payload for m in msgs if m.topic == "event"][-1]
+    assert (last["packets"], last["zmq"]["num_flow_exports"]) == (meta["packets"], meta["flows"])
+
+
+def test_workers_feed_one_netflow_exporter(many_flows):
+    """Two workers, one IPFIX exporter: one sequence of data records over every datagram."""
+    from test_netflow_export import Receiver, ipfix_sets, template_lengths
+    path, meta = many_flows
+    rx = Receiver()
+    r = flowprobe("-g", two_cores(), "-i", str(path), "-n", rx.target, "-V", "10")
+    assert r.returncode == 0, r.stderr
+    grams = rx.drain()
+    lengths = template_lengths(grams[:1], 10)
+    seq = 0
+    for g in grams:
+        assert struct.unpack_from(">I", g, 8)[0] == seq
+        seq += sum(len(body) // lengths[sid] for sid, body in ipfix_sets(g, 10) if sid >= 256)
+    assert seq == meta["flows"]
+
+
+def test_a_worker_that_cannot_open_its_capture_stops_the_run():
+    r = flowprobe("-g", two_cores(), "-i", "nosuchif0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuchif0" in lines[0], r.stderr
+
+
+def test_workers_stop_when_the_parent_dies(long_input):
+    run = Running([sys.executable, "-m", "engine", "-g", two_cores(), "-b", "1",
+                   "-i", str(long_input), "-n", "none"])
+    pids = worker_pids(run)
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.finish()
+    wait_until(lambda: not any(map(alive, pids.values())), timeout=30,
+               what="the workers to end after their parent")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False

@@ -11,11 +11,11 @@ import zlib
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
+import zmq  # noqa: E402
 
 from engine.subscribe import Subscriber, flows_of, names  # noqa: E402
 
-from conftest import PCAPS, ROOT  # noqa: E402
+from conftest import ROOT, tcp_peers, wait_until  # noqa: E402
 
 EVENT_KEYS = {
     "time", "bytes", "packets", "packet_drops", "mode", "iface.name", "iface.speed", "iface.ip",
@@ -30,13 +30,6 @@ EVENT_KEYS = {
 STRING_KEYS = {"mode", "iface.name", "iface.ip", "probe.ip", "probe.public_ip", "probe.uuid",
                "probe.version", "probe.osname", "probe.license", "probe.edition",
                "probe.maintenance"}
-
-
-def pcap(name):
-    p = PCAPS / name
-    if not p.exists():
-        pytest.skip(f"{p} not found")
-    return str(p)
 
 
 def free_port():
@@ -116,8 +109,8 @@ def check_stream(msgs, dumped, source_id=0):
 
 @pytest.mark.parametrize("fmt", ["t", "j", "m"])
 @pytest.mark.parametrize("compress", [True, False], ids=["zlib", "plain"])
-def test_pull_mode_formats(fmt, compress):
-    path = pcap("1kxun.pcap")
+def test_pull_mode_formats(fmt, compress, traffic):
+    path = str(traffic[0])
     port = free_port()
     with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
         args = ["-i", path, "--zmq", f"tcp://127.0.0.1:{port}", "--zmq-format", fmt,
@@ -136,9 +129,9 @@ def test_pull_mode_formats(fmt, compress):
         assert fm[0].payload["schema"] == "flowprobe.flows" and fm[0].payload["version"] == 1
 
 
-def test_raw_sub_header_bytes_and_probe_mode():
+def test_raw_sub_header_bytes_and_probe_mode(many_flows):
     """Probe mode (flowprobe connects, the subscriber binds), headers checked byte by byte."""
-    path = pcap("synscan.pcap")
+    path = str(many_flows[0])
     port = free_port()
     ctx = zmq.Context()
     s = ctx.socket(zmq.SUB)
@@ -185,10 +178,11 @@ def test_raw_sub_header_bytes_and_probe_mode():
     assert sum(1 for h, _ in frames if h.startswith(b"flow")) >= 2      # many flows, several msgs
 
 
-def test_curve_right_and_wrong_key():
+@pytest.mark.curve
+def test_curve_right_and_wrong_key(session_pcap):
     import zmq as z
     pub, sec = z.curve_keypair()
-    path = pcap("443-curl.pcap")
+    path = str(session_pcap[0])
     port = free_port()
     with Subscriber(f"tcp://127.0.0.1:{port}", secret_key=sec.decode()) as sub:
         msgs, out, err = collect(sub, flowprobe(
@@ -206,8 +200,8 @@ def test_curve_right_and_wrong_key():
     assert "zmq_drops_no_subscriber=1" in err, err
 
 
-def test_several_endpoints(tmp_path):
-    path = pcap("synscan.pcap")
+def test_several_endpoints(tmp_path, many_flows):
+    path = str(many_flows[0])
     ports = [free_port(), free_port()]
     eps = [f"tcp://127.0.0.1:{p}" for p in ports] + [f"ipc://{tmp_path}/fp.sock"]
     subs = [Subscriber(e) for e in eps]
@@ -236,8 +230,8 @@ def test_several_endpoints(tmp_path):
     assert sum(f["IN_BYTES"] for f in total) == sum(d["IN_BYTES"] for d in dumped)
 
 
-def test_slow_subscriber_drops_are_counted():
-    path = pcap("synscan.pcap")
+def test_slow_subscriber_drops_are_counted(many_flows):
+    path = str(many_flows[0])
     port = free_port()
     ctx = zmq.Context()
     s = ctx.socket(zmq.SUB)
@@ -267,8 +261,8 @@ def test_slow_subscriber_drops_are_counted():
     (["-E", "0:x"], "-E"),
     (["--source-id", "-1"], "--source-id"),
 ])
-def test_bad_flags(args, needle):
-    path = pcap("443-curl.pcap")
+def test_bad_flags(args, needle, session_pcap):
+    path = str(session_pcap[0])
     r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
                         "tcp://127.0.0.1:1", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=30)
@@ -279,8 +273,8 @@ def test_bad_flags(args, needle):
     assert "Traceback" not in r.stderr
 
 
-def test_listen_command(tmp_path):
-    path = pcap("443-curl.pcap")
+def test_listen_command(tmp_path, session_pcap):
+    path, flow = str(session_pcap[0]), session_pcap[1]
     port = free_port()
     lst = subprocess.Popen([sys.executable, "-m", "engine.apps.listen", f"tcp://127.0.0.1:{port}",
                             "--idle", "3"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -290,9 +284,44 @@ def test_listen_command(tmp_path):
     out, _ = lst.communicate(timeout=30)
     rows = [json.loads(x) for x in out.splitlines()]
     flows = [r["flow"] for r in rows if r["topic"] == "flow"]
-    assert flows and flows[0]["IPV4_SRC_ADDR"] == "192.168.1.13"
+    assert [(f["IPV4_SRC_ADDR"], f["IN_PKTS"], f["OUT_BYTES"]) for f in flows] == [
+        (flow["src"], flow["in_pkts"], flow["out_bytes"])]
     assert any(r["topic"] == "event" for r in rows)
     kp = subprocess.run([sys.executable, "-m", "engine.apps.listen", "--gen-keypair"], cwd=ROOT,
                         capture_output=True, text=True, check=True)
     keys = json.loads(kp.stdout)
     assert len(keys["public"]) == 40 and len(keys["public_hex"]) == 80
+
+
+def test_stats_interval_zero_sends_no_events(session_pcap):
+    path = str(session_pcap[0])
+    port = free_port()
+    with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+        msgs, out, err = collect(sub, flowprobe(
+            "-i", path, "--zmq", f"tcp://127.0.0.1:{port}", "--zmq-wait-subscriber", "5",
+            "--zmq-stats-interval", "0"))
+    assert [m.topic for m in msgs] == ["flow"]
+    assert [m.header.msg_id for m in msgs] == [1]
+
+
+def test_listen_flags(session_pcap):
+    """flowprobe-listen --bind (collector mode, flowprobe connects), --ids, --count, --no-stats,
+    --timeout, and a CURVE server key."""
+    import zmq as z
+    path, flow = str(session_pcap[0]), session_pcap[1]
+    pub, sec = z.curve_keypair()
+    port = free_port()
+    lst = subprocess.Popen([sys.executable, "-m", "engine.apps.listen", "--bind", "--ids", "--count",
+                            "1", "--no-stats", "--timeout", "30", "--secret-key", sec.decode(),
+                            f"tcp://127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                           text=True)
+    wait_until(lambda: tcp_peers(port, "0A"), what="flowprobe-listen bound")
+    r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
+                        f"tcp://127.0.0.1:{port}", "--zmq-probe-mode", "--zmq-wait-subscriber",
+                        "5", "--zmq-encryption-key", pub.decode()], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    out, _ = lst.communicate(timeout=30)
+    assert r.returncode == 0 and lst.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [row["topic"] for row in rows] == ["flow"]             # --count 1, --no-stats
+    assert rows[0]["flow"]["8"] == flow["src"] and rows[0]["flow"]["2"] == flow["in_pkts"]

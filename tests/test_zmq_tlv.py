@@ -2,18 +2,18 @@
 plus header, key and template unit tests."""
 import ctypes.util
 import os
-import struct
 
 import numpy as np
 import pytest
 
 from engine.export import tlv
 from engine.export.templates import NTOPNG_FIELDS, TemplateError, parse_template
-from engine.export.zmq import FlowEncoder
+from engine.export.encoders import FlowEncoder
 from engine.ntopng import header, parse_curve_key
 from engine.fields import DEFAULT_TEMPLATE, records_to_dicts
 
-from conftest import PCAPS, corpus_files
+import cases  # noqa: F401  (tools/ on the path: the packet builders)
+from conftest import NO_SHARED, corpus_files
 
 NDPI_CDEF = """
 typedef struct { char c[512]; } ndpi_serializer;
@@ -172,18 +172,15 @@ def expected_wire(records, names):
 
 
 def dev_pcaps():
-    if not PCAPS.is_dir():
-        return []
-    files = [p for p in corpus_files() if p.suffix in (".pcap", ".pcapng")]
-    return files[:12]
+    files = [p for p in corpus_files() if p.suffix in (".pcap", ".pcapng")][:12]
+    return files or [pytest.param(None, marks=pytest.mark.skip(reason=NO_SHARED),
+                                  id="no-development-set")]
 
 
-@pytest.mark.parametrize("pcap", dev_pcaps(), ids=lambda p: p.name)
-def test_tlv_matches_ndpi_deserializer(ndpi, pcap):
+def tlv_matches_ndpi(ndpi, pcap):
     ffi, lib = ndpi
     records = run_engine(pcap)
-    if len(records) == 0:
-        pytest.skip("no flows")
+    assert len(records)
     tmpl = parse_template(" ".join("%" + n for n in ALL_FIELDS))
     enc = FlowEncoder("tlv", tmpl)
     payload = enc.payload(enc.encode(records))
@@ -196,6 +193,16 @@ def test_tlv_matches_ndpi_deserializer(ndpi, pcap):
     assert tlv.decode(payload) == got
     # and nDPI's serializer produces the very same bytes (narrowest widths, key encoding)
     assert ndpi_encode(ffi, lib, want) == payload
+
+
+@pytest.mark.parametrize("pcap", dev_pcaps(), ids=lambda p: getattr(p, "name", p))
+def test_tlv_matches_ndpi_deserializer(ndpi, pcap):
+    tlv_matches_ndpi(ndpi, pcap)
+
+
+@pytest.mark.parametrize("name", [n for n in cases.NAMES if n not in ("malformed", "link_unknown")])
+def test_tlv_matches_ndpi_deserializer_generated(ndpi, generated, name):
+    tlv_matches_ndpi(ndpi, generated[name][0])
 
 
 def test_spec_worked_example(ndpi):
@@ -240,3 +247,156 @@ def test_template_parsing():
         parse_template("%IN_BYTS")
     with pytest.raises(TemplateError, match="macro"):
         parse_template("@NTOPGN@")
+
+
+# --- wire ids: the protocol document's tables, transcribed -----------------------------------------
+# name -> the id on the wire (NetFlow v9 and TLV; ntop's elements as 57472 + n), from the ntopng
+# ZeroMQ protocol document (../shared/docs/ntopng-zmq-protocol.md): §7.2 (PEN 0), §7.3 and §7.4
+# (ntop PEN 35632); ICMP_TYPE from IANA's IPFIX registry (icmpTypeCodeIPv4, 32)
+WIRE_IDS = {
+    "IN_BYTES": 1, "IN_PKTS": 2, "PROTOCOL": 4, "SRC_TOS": 5, "TCP_FLAGS": 6, "L4_SRC_PORT": 7,
+    "IPV4_SRC_ADDR": 8, "INPUT_SNMP": 10, "L4_DST_PORT": 11, "IPV4_DST_ADDR": 12,
+    "OUTPUT_SNMP": 14, "LAST_SWITCHED": 21, "FIRST_SWITCHED": 22, "OUT_BYTES": 23, "OUT_PKTS": 24,
+    "IPV6_SRC_ADDR": 27, "IPV6_DST_ADDR": 28, "ICMP_TYPE": 32, "DST_TOS": 55, "IN_SRC_MAC": 56,
+    "OUT_DST_MAC": 57, "SRC_VLAN": 58, "DST_VLAN": 59, "IP_PROTOCOL_VERSION": 60,
+    "IN_DST_MAC": 80, "OUT_SRC_MAC": 81, "EXPORTER_IPV4_ADDRESS": 130,
+    "EXPORTER_IPV6_ADDRESS": 131, "FLOW_END_REASON": 136, "FLOW_START_MILLISECONDS": 152,
+    "FLOW_END_MILLISECONDS": 153, "DOT1Q_SRC_VLAN": 243, "OBSERVATION_POINT_ID": 300,
+    "CLIENT_TCP_FLAGS": 57550, "SERVER_TCP_FLAGS": 57551, "SRC_FRAGMENTS": 57552,
+    "DST_FRAGMENTS": 57553, "NPROBE_IPV4_ADDRESS": 57943, "SEQ_PLEN": 57974,
+    "ENTROPY_CLIENT_BYTES": 57975, "ENTROPY_SERVER_BYTES": 57976, "SEQ_TDIFF": 57977,
+    "FLOW_SOURCE": 58051, "UNIQUE_SOURCE_ID": 58061,
+}
+# exported by name (no id in any table): TLV string keys, no NetFlow/IPFIX element
+BY_NAME_ONLY = {"SEQ_PLEN_CLIENT", "SEQ_PLEN_SERVER", "SEQ_TDIFF_CLIENT", "SEQ_TDIFF_SERVER",
+                "TUNNEL_TYPE"}
+
+
+def test_every_field_has_the_documents_wire_id():
+    from engine.export.templates import PROBE_FIELDS
+    from engine.fields import FIELDS
+    ours = {f.name: f for f in FIELDS} | dict(PROBE_FIELDS)
+    assert set(ours) == set(WIRE_IDS) | BY_NAME_ONLY
+    for name, wire in WIRE_IDS.items():
+        f = ours[name]
+        assert (f.v9, tlv.field_key(f)) == (wire, wire), name
+        assert (f.pen, f.element) == ((35632, wire - 57472) if wire >= 57472 else (0, wire)), name
+    for name in BY_NAME_ONLY:
+        assert ours[name].v9 is None and tlv.field_key(ours[name]) == name
+
+
+def test_wire_ids_in_the_bytes(ndpi):
+    """One flow with every field, encoded by the C encoder as flowprobe sends it, read back by
+    nDPI's deserializer: the keys on the wire are the document's ids."""
+    from engine.fields import RECORD_DTYPE
+    ffi, lib = ndpi
+    names = [n for n in WIRE_IDS if n not in ("UNIQUE_SOURCE_ID", "NPROBE_IPV4_ADDRESS")] + \
+        sorted(BY_NAME_ONLY)
+    rec = np.zeros(2, dtype=RECORD_DTYPE)
+    rec["ip_version"] = [4, 6]
+    rec["exporter_ip_version"] = [4, 6]
+    rec["protocol"] = 1                            # ICMP: ICMP_TYPE is present
+    tmpl = parse_template(" ".join("%" + n for n in names) + " %UNIQUE_SOURCE_ID")
+    enc = FlowEncoder("tlv", tmpl, tmpl.constants({"UNIQUE_SOURCE_ID": 9}))
+    v4, v6 = ndpi_decode(ffi, lib, enc.payload(enc.encode(rec)))
+    want = {WIRE_IDS[n] if n in WIRE_IDS else n for n in names} | {58061}
+    assert set(v4) == want - {27, 28, 131}
+    assert set(v6) == want - {8, 12, 130}
+
+
+def _document_tables(text: str) -> dict:
+    """label -> wire id from the document's tables of §7.2-7.4."""
+    import re
+    out = {}
+    section = text[text.index("### 7.2"):text.index("### 7.5")]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not re.match(r"^[\d /–,]+$", cells[0]):
+            continue
+        if re.match(r"^\d+$", cells[1]) and int(cells[1]) >= 57472:       # §7.3: n, wire id
+            ids, labels = [int(cells[1])], [cells[2]]
+        elif re.match(r"^[\d /,]+$", cells[1] or "x"):                    # §7.4 / §7.3 pairs
+            ids = [int(x) for x in re.findall(r"\d+", cells[1])]
+            labels = re.findall(r"[A-Z][A-Z0-9_]+", cells[2])
+        else:                                                             # §7.2: id, label
+            ids = [int(x) for x in re.findall(r"\d+", cells[0])]
+            labels = re.findall(r"[A-Z][A-Z0-9_]+", cells[1])
+            if "/" in cells[1] and len(labels) == 2 * len(ids):           # IN_/OUT_ pairs
+                labels = labels[::2] + labels[1::2]
+        for i, label in zip(ids, labels):
+            out.setdefault(label, i)
+    return out
+
+
+def test_transcription_agrees_with_the_document():
+    from conftest import SHARED
+    doc = SHARED / "docs" / "ntopng-zmq-protocol.md"
+    if not doc.exists():
+        pytest.skip(f"the protocol document is not at {doc}")
+    table = _document_tables(doc.read_text())
+    checked = [n for n in WIRE_IDS if n in table]
+    assert len(checked) >= 35, sorted(set(WIRE_IDS) - set(table))
+    assert {n: table[n] for n in checked} == {n: WIRE_IDS[n] for n in checked}
+
+
+# --- TLV values of a small capture, derived by hand -------------------------------------------
+SEC, MS = 1_000_000_000, 1_000_000
+T0 = 1_767_225_600 * SEC                     # 2026-01-01T00:00:00Z
+
+
+def tiny_capture(path):
+    """A TCP connection on VLAN 10 (10.0.0.1:40000 -> 10.0.0.2:80) and an IPv6 DNS exchange."""
+    from packets import C_MAC, S_MAC, eth, ipv4, ipv6, pcap_file, tcp, udp
+    c, s = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    packets = []
+
+    def seg(ms, d, flags, payload=b""):
+        a, b, sp, dp = (c, s, 40000, 80) if d == 0 else (s, c, 80, 40000)
+        f = eth(ipv4(a, b, 6, tcp(sp, dp, flags, payload)), vlans=(10,),
+                src=(C_MAC, S_MAC)[d], dst=(S_MAC, C_MAC)[d])
+        packets.append((T0 + ms * MS, f, len(f)))
+    seg(0, 0, 0x02)
+    seg(10, 1, 0x12)
+    seg(20, 0, 0x10)
+    seg(30, 0, 0x18, b"a" * 100)
+    seg(50, 1, 0x18, b"b" * 300)
+    seg(1000, 0, 0x11)
+    seg(1010, 1, 0x11)
+    seg(1020, 0, 0x10)
+    c6 = bytes.fromhex("20010db8000000000000000000000001")
+    s6 = bytes.fromhex("20010db8000000000000000000000002")
+    f = eth(ipv6(c6, s6, 17, udp(5353, 53, b"q" * 30), tclass=0x28), 0x86DD)
+    packets.append((T0 + 2000 * MS, f, len(f)))
+    f = eth(ipv6(s6, c6, 17, udp(53, 5353, b"r" * 100)), 0x86DD, src=S_MAC, dst=C_MAC)
+    packets.append((T0 + 2004 * MS, f, len(f)))
+    path.write_bytes(pcap_file(packets))
+
+
+MAC_C, MAC_S = "02:00:00:00:00:01", "02:00:00:00:00:02"
+TINY_FLOWS = [
+    # client sent SYN, ACK, 100 bytes, FIN, ACK: 5 packets, 40 + 40 + 140 + 40 + 40 IP bytes;
+    # the server SYN-ACK, 300 bytes, FIN: 3 packets, 40 + 340 + 40; both sides SYN|ACK|PSH|FIN
+    {56: MAC_C, 57: MAC_S, 80: MAC_S, 81: MAC_C, 58: 10, 243: 0, 8: "10.0.0.1",
+     12: "10.0.0.2", 7: 40000, 11: 80, 60: 4, 4: 6, 1: 300, 2: 5, 23: 420, 24: 3,
+     22: 1767225600, 21: 1767225601, 6: 0x1B, 57550: 0x1B, 57551: 0x1B, 5: 0, 55: 0,
+     57552: 0, 57553: 0, 10: 0, 14: 0, 58051: 0},
+    # 40 + 8 + 30 and 40 + 8 + 100 bytes; traffic class 0x28 from the client
+    {56: MAC_C, 57: MAC_S, 80: MAC_S, 81: MAC_C, 58: 0, 243: 0, 27: "2001:db8::1",
+     28: "2001:db8::2", 7: 5353, 11: 53, 60: 6, 4: 17, 1: 78, 2: 1, 23: 148, 24: 1,
+     22: 1767225602, 21: 1767225602, 6: 0, 57550: 0, 57551: 0, 5: 0x28, 55: 0, 57552: 0,
+     57553: 0, 10: 0, 14: 0, 58051: 0},
+]
+
+
+def test_tlv_values_of_a_small_capture(ndpi, tmp_path):
+    """flowprobe --zmq (TLV, the default template) on two flows whose every value is derived
+    above from the packets, read by nDPI's deserializer off a real ZeroMQ subscriber."""
+    from test_ntopng_view import run_stream
+    ffi, lib = ndpi
+    path = tmp_path / "tiny.pcap"
+    tiny_capture(path)
+    msgs, _ = run_stream(path)
+    flows = [r for topic, _, data in msgs if topic == "flow" for r in ndpi_decode(ffi, lib, data)]
+    assert sorted(flows, key=lambda r: r[60]) == TINY_FLOWS
+    # and in wire order: ntopng reads 56/81 as the client's MAC, 80/57 as the server's
+    assert [list(r)[:4] for r in flows] == [[56, 57, 80, 81]] * 2

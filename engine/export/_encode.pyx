@@ -42,13 +42,15 @@ cdef enum:
     K_ICMP
     K_END_REASON
     K_TUNNEL
+    K_OUTER_VLAN
 
 
 def _check_kinds():
     from engine.fields import Kind
     ours = {"UINT": K_UINT, "SEC": K_SEC, "MS": K_MS, "FLAGS_OR": K_FLAGS_OR, "IPV4": K_IPV4,
             "IPV6": K_IPV6, "EXPORTER_V4": K_EXP_V4, "EXPORTER_V6": K_EXP_V6, "MAC": K_MAC,
-            "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL}
+            "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL,
+            "OUTER_VLAN": K_OUTER_VLAN}
     if ours != {k.name: k.value for k in Kind}:
         raise ImportError("engine.export._encode: value kinds out of step with engine.fields.Kind "
                           "(rebuild the extension)")
@@ -343,7 +345,7 @@ cdef class Encoder:
     cdef inline int number(self, spec_t* s, const uint8_t* rec, uint64_t* v) noexcept:
         """The field's integer value; 0 when it has one, -1 when it does not apply."""
         cdef int k = s.kind
-        if k == K_UINT or k == K_MS:
+        if k == K_UINT or k == K_MS or k == K_OUTER_VLAN:
             v[0] = read_uint(rec, s.off, s.size)
         elif k == K_SEC:
             v[0] = read_uint(rec, s.off, s.size) // 1000
@@ -770,7 +772,7 @@ cdef class WireEncoder:
     engine/export/netflow.py's numpy encoding (its reference twin) in one pass."""
     cdef wire_t* specs
     cdef int nspecs
-    cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags
+    cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags, off_vlan
     cdef uint8_t end_reason_code[16]
     cdef Py_ssize_t stride
     cdef public Py_ssize_t rowsize
@@ -795,6 +797,7 @@ cdef class WireEncoder:
             s.length = length
             s.time = bool(is_time)
             self.rowsize += length
+        self.off_vlan = dtype.fields["vlan"][1]
         self.off_ipver = dtype.fields["ip_version"][1]
         self.off_expver = dtype.fields["exporter_ip_version"][1]
         self.off_proto = dtype.fields["protocol"][1]
@@ -834,6 +837,10 @@ cdef class WireEncoder:
                 v = clamp32(<int64_t>read_uint(rec, s.off, s.size) - base_ms)
             elif s.kind == K_UINT or s.kind == K_MS:
                 v = read_uint(rec, s.off, s.size)
+            elif s.kind == K_OUTER_VLAN:          # dot1qVlanId: the outer tag, or the only one
+                v = read_uint(rec, s.off, s.size)
+                if v == 0:
+                    v = (<const uint16_t*>(rec + self.off_vlan))[0]
             elif s.kind == K_SEC:
                 v = <uint32_t>(read_uint(rec, s.off, s.size) // 1000)
             elif s.kind == K_FLAGS_OR:

@@ -3,28 +3,33 @@
 * Destinations: (text, socket address, family) tuples (``-n HOST:PORT``, repeatable); datagrams
   go round robin across them, or every datagram to every one (``all_destinations``, ``-a``). Each destination has its own
   sequence numbers and template state, so each collector sees one consistent stream.
-* ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX); ntop's elements go as
-  57472+n in v9 and under PEN 35632 in IPFIX. Fields with no NetFlow id or length 0 in the
-  registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe fields are skipped, said once
-  on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are counted and skipped), one record per
-  direction of our biflows, 32-bit counters; -T does not apply.
+* ``-V 5|9|10`` (default 10 = IPFIX). ``-T`` picks the fields (v9/IPFIX; default @NTOPNG@ and
+  ICMP_TYPE); ntop's elements go as 57472+n in v9 and under PEN 35632 in IPFIX. Fields with no
+  NetFlow id or length 0 in the registry (SEQ_PLEN and the other vectors, TUNNEL_TYPE) and probe
+  fields are skipped, said once on stderr. v5 has a fixed record: IPv4 only (IPv6 flows are
+  counted and skipped), one record per direction of our biflows, 32-bit counters; -T does not
+  apply.
 * Two templates: ``-U`` (default 257) for IPv4 flows and ``-U``+1 for IPv6 flows (the address
   fields of the other version left out); one template when the field list has no addresses.
   Templates go in the first datagram to every destination and again every --template-refresh s.
 * Times: flows carry their own clock (pcap replays are years old), so a datagram's export time is
   the latest flow end seen, rounded up to a second, and the system uptime counts from a base just
-  before the first flow. v5/v9 FIRST/LAST_SWITCHED are uptime milliseconds, as the RFCs want; in
-  IPFIX, which has no uptime in its header, they are sent as flowStartMilliseconds /
-  flowEndMilliseconds (152/153, epoch ms; once, when -T names both forms).
+  before the first flow. v5/v9 FIRST/LAST_SWITCHED are uptime milliseconds, as the RFCs want: 32
+  bits, about 49 days, so flows whose times span more (a capture that jumps years) go in separate
+  datagrams, each with its own base; a flow that alone spans more is counted
+  (``netflow_times_not_representable``), not sent. In IPFIX, which has no uptime in its header,
+  they are sent as flowStartMilliseconds / flowEndMilliseconds (152/153, epoch ms; once, when -T
+  names both forms).
 * Sequence numbers: v5 flows sent before this datagram, v9 datagrams sent, IPFIX data records
   sent (per destination). ``-E TYPE:ID``: v5 engine type and id, v9 source id / IPFIX observation
   domain = ID.
 * Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers.
 * What the version cannot carry is counted, not guessed (proxy mode converts collected flows):
-  ``netflow_conversion_drops`` flows not sent at all (IPv6 flows to v5), also counted as
-  ``netflow_v5_ipv6_skipped``; ``netflow_values_clipped`` flows with a value too large for its
-  wire field (v5: 32-bit counters, 16-bit interface indexes; v9/IPFIX: -T fields narrower than
-  our column), sent as the field's largest value; ``netflow_fields_not_carried`` -T fields the
+  ``netflow_conversion_drops`` flows not sent at all (IPv6 flows to v5, also counted as
+  ``netflow_v5_ipv6_skipped``; v5/v9 flows longer than the uptime clock);
+  ``netflow_values_clipped`` flows with a value too large for its wire field (v5: 32-bit
+  counters, 16-bit interface indexes; v9/IPFIX: -T fields narrower than our column), sent as the
+  field's largest value; ``netflow_fields_not_carried`` -T fields the
   version has no element for (not sent, said once on stderr).
 """
 from __future__ import annotations
@@ -51,6 +56,12 @@ V9_HEADER = struct.Struct(">HHIIII")            # 20 bytes
 IPFIX_HEADER = struct.Struct(">HHIII")          # 16 bytes
 SET_HEADER = struct.Struct(">HH")
 UPTIME_SLACK_MS = 60_000
+# without -T: ntopng's fields and the ICMP type, which v9/IPFIX carry in their own element
+# (ports are 0 for ICMP) and which a collector would otherwise never see
+DEFAULT_FIELDS = "@NTOPNG@ %ICMP_TYPE"
+# the widest span of flow times one v5/v9 datagram can carry: every time, and the header's
+# export second, within 32 bits of uptime milliseconds from the datagram's base
+MAX_SPAN_MS = 0xFFFFFFFF - UPTIME_SLACK_MS - 2000
 V5_DTYPE = np.dtype([("src", ">u4"), ("dst", ">u4"), ("nexthop", ">u4"), ("input", ">u2"),
                      ("output", ">u2"), ("pkts", ">u4"), ("octets", ">u4"), ("first", ">u4"),
                      ("last", ">u4"), ("sport", ">u2"), ("dport", ">u2"), ("pad1", "u1"),
@@ -259,12 +270,12 @@ class NetFlowExporter(Exporter):
         self.counters = {"netflow_datagrams": 0, "netflow_flows": 0, "netflow_records": 0,
                          "netflow_send_drops": 0, "netflow_v5_ipv6_skipped": 0,
                          "netflow_conversion_drops": 0, "netflow_values_clipped": 0,
-                         "netflow_fields_not_carried": 0}
+                         "netflow_fields_not_carried": 0, "netflow_times_not_representable": 0}
         self._narrow: list[tuple[str, int]] = []        # (column, largest value) that can clip
         self.templates: list[WireTemplate] = []
         self._pending: dict[int, _Rows] = {}
         if version != 5:
-            tmpl = template if template is not None else parse_template(None)
+            tmpl = template if template is not None else parse_template(DEFAULT_FIELDS)
             skipped: list[str] = []
             wf = wire_fields(tmpl, version, self.warn, skipped)
             self.counters["netflow_fields_not_carried"] = len(skipped)
@@ -295,17 +306,44 @@ class NetFlowExporter(Exporter):
                                          value=mtu)
 
     # --- clock ----------------------------------------------------------------------------
-    def _advance_clock(self, records: np.ndarray) -> None:
+    def _time_groups(self, records: np.ndarray):
+        """The records in groups whose times fit one v5/v9 datagram's uptime clock (IPFIX: all
+        at once). A flow that alone spans more than the clock can express is counted, not sent."""
+        if self.version == 10:
+            yield records
+            return
+        lo = np.minimum(records["first_ms"], records["last_ms"]).astype(np.int64)
+        hi = np.maximum(records["first_ms"], records["last_ms"]).astype(np.int64)
+        ok = hi - lo <= MAX_SPAN_MS
+        if not ok.all():
+            self.counters["netflow_times_not_representable"] += int((~ok).sum())
+            self.counters["netflow_conversion_drops"] += int((~ok).sum())
+            records, lo, hi = records[ok], lo[ok], hi[ok]
         if not len(records):
             return
-        first = int(records["first_ms"].min())
-        last = int(records["last_ms"].max())
+        base = self.base_ms
+        if base is not None and lo.min() >= base and \
+                hi.max() - base <= MAX_SPAN_MS + UPTIME_SLACK_MS:
+            yield records
+            return
+        # windows of half the span by first time: a window's flows shorter than half the span
+        # fit one base; a longer flow gets a group of its own
+        half = MAX_SPAN_MS // 2
+        window = np.where(hi - lo > half, -1 - np.arange(len(records)), (lo - lo.min()) // half)
+        order = np.argsort(window, kind="stable")
+        for part in np.split(order, np.flatnonzero(np.diff(window[order])) + 1):
+            yield records[part]
+
+    def _advance_clock(self, records: np.ndarray) -> None:
+        first = int(np.minimum(records["first_ms"], records["last_ms"]).min())
+        last = int(np.maximum(records["first_ms"], records["last_ms"]).max())
         if self.base_ms is not None and (first < self.base_ms
-                                         or last - self.base_ms > 0xFFFFFFFF - 2000):
+                                         or last - self.base_ms > MAX_SPAN_MS + UPTIME_SLACK_MS):
             self.flush()              # pending records were encoded against the old base
             self.base_ms = None
         if self.base_ms is None:
             self.base_ms = first - UPTIME_SLACK_MS
+            self.clock_ms = last      # the export time of a new base's datagrams
         self.clock_ms = max(self.clock_ms, last)
 
     def _header_time(self) -> tuple[int, int]:
@@ -318,11 +356,15 @@ class NetFlowExporter(Exporter):
     def export(self, records: np.ndarray) -> None:
         if not len(records):
             return
-        self._advance_clock(records)
         self.counters["netflow_flows"] += len(records)
-        if self.version == 5:
-            self._export_v5(records)
-            return
+        for group in self._time_groups(records):
+            self._advance_clock(group)
+            if self.version == 5:
+                self._export_v5(group)
+            else:
+                self._export_v9_ipfix(group)
+
+    def _export_v9_ipfix(self, records: np.ndarray) -> None:
         if self._narrow:
             over = np.zeros(len(records), bool)
             for col, top in self._narrow:

@@ -338,7 +338,7 @@ class ZMQExporter(Exporter):
         snap = self._last_snapshot or self.defaults
         snap = snap.replace(packets=max(snap.packets, self.seen_packets),
                             bytes=max(snap.bytes, self.seen_bytes))
-        if self._last_snapshot is not None or self._waited:
+        if self.stats_interval > 0 and (self._last_snapshot is not None or self._waited):
             # a last event so that the collector sees the final counters; ntopng folds events
             # into its totals at most once a second, so one sent sooner would not be counted
             if self._stats_sent_at is not None and any(any(n > 0 for n in ep.subs.values())
