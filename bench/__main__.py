@@ -22,7 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
     "workers": "bench.workers",              # -g with 1 and 2 workers, file and live
     "relay": "bench.relay",                  # flowrelay datagrams/s, UDP -> ZeroMQ (plain, CURVE)
-    "live": "bench.live",                    # live capture on veth beside tcpdump, softflowd
+    "live": "bench.live",
+    "realistic": "bench.realistic",          # real-traffic capture: vs softflowd, CPU per format                    # live capture on veth beside tcpdump, softflowd
 }
 
 

@@ -332,7 +332,7 @@ def _parse_summary(stderr: str) -> dict:
     m = re.search(r"(\d+) packets", s)
     if m:
         d["packets"] = int(m.group(1))
-    m = re.search(r"(\d+) flows exported", s)
+    m = re.search(r"(\d+) flows (?:exported|finished)", s)
     if m:
         d["flows"] = int(m.group(1))
     return d

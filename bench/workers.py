@@ -72,7 +72,7 @@ def parse(stderr: str) -> dict:
 
 def file_run(capture: str, g: list[str]) -> dict:
     t0 = time.perf_counter()
-    r = subprocess.run(probe_cmd(*g, "-b", "1", "-n", "none", "-i", capture), cwd=common.ROOT,
+    r = subprocess.run(probe_cmd(*g, "-b", "2", "-n", "none", "-i", capture), cwd=common.ROOT,
                        capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
@@ -102,7 +102,7 @@ def live_run(capture: str, g: list[str]) -> dict:
         _sh("ip", "-n", pns, "link", "set", pif, "up")
         _sh("ip", "-n", qns, "link", "set", qif, "up")
         probe = subprocess.Popen(["ip", "netns", "exec", pns, *probe_cmd(
-            *g, "-b", "1", "-n", "none", "-i", pif)], cwd=common.ROOT,
+            *g, "-b", "2", "-n", "none", "-i", pif)], cwd=common.ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(3.0)                   # workers started and joined the fanout group
         t0 = time.perf_counter()

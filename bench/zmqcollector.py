@@ -319,7 +319,6 @@ def markdown(res: dict) -> str:
              "with zero loss | nProbe 9.0 published* | published improvement* |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        z = r["zero_loss_rate"]
         lines.append(
             f"| `--zmq-format {r['format']} {r['flag']}` | "
             f"{common.fmt_summary(r['egress_flows_per_s'])} | "

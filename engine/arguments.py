@@ -238,7 +238,9 @@ def build_parser() -> ArgumentParser:
                    help="NetFlow v5 engine type and id; ID is also the v9 source id, the IPFIX "
                         "observation domain and the OBSERVATION_POINT_ID sent to ntopng")
     g.add_argument("-b", "--verbose", type=int_range(0, 2, "verbosity"), default=0,
-                   metavar="LEVEL", help="1: print statistics every second to stderr")
+                   metavar="LEVEL", help="statistics on stderr: 1 a line every second (packets/s, "
+                        "flows, drops by reason), 2 also the -g workers' hand-off at the end "
+                        "(default 0: the summary line only; -v is the log's detail)")
 
     g = p.add_argument_group("ZeroMQ export to ntopng")
     g.add_argument("--zmq", action="append", default=[], metavar="ENDPOINT",
@@ -498,8 +500,47 @@ def _collector(a) -> Optional[CollectorOptions]:
                             idle_exit=a.collector_idle_exit)
 
 
-def options_from(a) -> Options:
+# options that only mean something with another one: (what it needs, test on the arguments,
+# the options that need it, by dest)
+NEEDS = (
+    ("--zmq", lambda a: bool(a.zmq),
+     ("zmq_probe_mode", "zmq_format", "json_labels", "zmq_disable_compression",
+      "zmq_encryption_key", "zmq_wait_subscriber", "zmq_stats_interval", "zmq_sndhwm",
+      "zmq_max_flows_per_message")),
+    ("-n HOST:PORT", lambda a: any(n != "none" for n in a.collector),
+     ("flow_version", "all_collectors", "flow_templ_id", "mtu", "template_refresh")),
+    ("--kafka", lambda a: bool(a.kafka),
+     ("kafka_conf", "kafka_format", "kafka_enable_batch", "kafka_batch_len",
+      "kafka_stats_interval", "kafka_flush_timeout")),
+    ("--collector-port", lambda a: bool(a.collector_port),
+     ("collector_encryption_key", "disable_cache", "collector_passthrough",
+      "enable_collection_cache", "disable_upscale", "dump_bad_packets", "collector_idle_exit")),
+    ("--zmq, -n or --kafka", lambda a: bool(a.zmq or a.kafka) or any(n != "none" for n in
+                                                                      a.collector),
+     ("flow_templ", "engine")),
+    ("--zmq or --kafka", lambda a: bool(a.zmq or a.kafka), ("source_id",)),
+    ("--dump-stats", lambda a: bool(a.dump_stats), ("dump_stats_interval",)),
+)
+
+
+def ignored_options(a, parser: ArgumentParser) -> list[str]:
+    """Options given whose exporter or feature is not asked for, which the run ignores: one
+    warning line each (not an error: a configuration file may keep them for later)."""
+    out = []
+    flags = {act.dest: "/".join(act.option_strings) for act in parser._actions
+             if act.option_strings}
+    for needed, present, dests in NEEDS:
+        if present(a):
+            continue
+        for dest in dests:
+            if getattr(a, dest) != parser.get_default(dest):
+                out.append(f"flowprobe: warning: {flags[dest]} has no effect without {needed}")
+    return out
+
+
+def options_from(a, parser: Optional[ArgumentParser] = None) -> Options:
     """Options from parsed arguments, every value checked (one FlowprobeError naming the flag)."""
+    warnings = ignored_options(a, parser or build_parser())
     if not a.interface:
         raise FlowprobeError("no input: give -i FILE.pcap, -i IFACE, or -i none with a "
                              "collector port", status=2)
@@ -529,7 +570,7 @@ def options_from(a) -> Options:
                                pid_file=a.pid_file, user=a.user),
         health=HealthOptions(dump_stats=a.dump_stats, dump_stats_interval=a.dump_stats_interval,
                              metrics=parse_metrics_addr(a.metrics) if a.metrics else None),
-        cores=cores)
+        cores=cores, warnings=tuple(warnings))
 
 
 def _check_template(text: str) -> None:
@@ -540,8 +581,32 @@ def _check_template(text: str) -> None:
         raise FlowprobeError(f"-T: {e}", status=2) from None
 
 
+_NEGATIVE = re.compile(r"-\d+(\.\d*)?$")
+
+
+def _join_negative_values(argv: list[str], parser: ArgumentParser) -> list[str]:
+    """'--zmq-wait-subscriber -3' as '--zmq-wait-subscriber=-3': a negative number after an
+    option that takes a value is that value (else '-3', nProbe's collector port flag, would be
+    taken for an option), so that the value's own check reports it."""
+    out: list[str] = []
+    actions = parser._option_string_actions
+    for tok in argv:
+        prev = out[-1] if out else ""
+        action = actions.get(prev)
+        if _NEGATIVE.match(tok) and action is not None and action.nargs is None \
+                and not isinstance(action, argparse._StoreConstAction):
+            out[-1] = f"{prev}={tok}" if prev.startswith("--") else prev + tok
+        else:
+            out.append(tok)
+    return out
+
+
 def parse(argv: list[str]) -> Options:
     """The command line (a leading configuration file expanded) as Options."""
     from engine import config as config_file
     parser = build_parser()
-    return options_from(parser.parse_args(config_file.expand_argv(argv, parser)))
+    if argv and not argv[0].startswith("-") and not os.path.exists(argv[0]):
+        raise FlowprobeError(f"{argv[0]}: no such configuration file (options come as flags, "
+                             "or from a file given as the first argument)", status=2)
+    argv = config_file.expand_argv(argv, parser)
+    return options_from(parser.parse_args(_join_negative_values(argv, parser)), parser)

@@ -97,6 +97,8 @@ def run(argv: list[str]) -> int:
     from engine import service
     opts = parse(argv)
     reopen_logs = service.setup_logging(opts.service)
+    for line in opts.warnings:
+        service.probe_log(line)
     # a stop asked for while the captures open (a service manager's SIGTERM, a test's SIGINT
     # once the ring exists) is kept and honoured when the run starts, not a KeyboardInterrupt
     stop = {"asked": False, "probe": None}
@@ -143,9 +145,17 @@ def run(argv: list[str]) -> int:
         service.write_pid_file(pid_file)
     try:
         if opts.service.user:
-            service.drop_privileges(opts.service.user)
+            try:
+                service.drop_privileges(opts.service.user)
+            except BaseException:           # the run never starts: release what it holds
+                for s in sources:
+                    s.close()
+                for e in outputs:
+                    e.close()
+                raise
         probe.run(sources)
         probe.log(probe.summary_line())
+        probe.warnings.extend(probe.undelivered())
         for w in probe.warnings:
             print(f"flowprobe: error: {w}", file=sys.stderr)
     finally:
@@ -174,16 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         status = 0
     except KeyboardInterrupt:
         status = 130
+    except ImportError as e:
+        from engine import service
+        if not service.DROPPED_TO:
+            return _internal_error(e)
+        # after --user: a module that user cannot read
+        print(f"flowprobe: error: cannot load {e.name or e} as user {service.DROPPED_TO}: "
+              "install flowprobe (and its Python) where that user can read it, e.g. python3 -m "
+              "venv /opt/flowprobe && /opt/flowprobe/bin/pip install .", file=sys.stderr)
+        status = 1
     except MemoryError as e:
         print(f"flowprobe: error: out of memory ({e}); lower -w", file=sys.stderr)
         status = 1
     except Exception as e:                 # a bug: one line, the traceback on request
-        if os.environ.get("FLOWPROBE_DEBUG"):
-            raise
-        print(f"flowprobe: internal error: {type(e).__name__}: {e} "
-              "(set FLOWPROBE_DEBUG=1 for a traceback)", file=sys.stderr)
-        status = 70
+        status = _internal_error(e)
     return status
+
+
+def _internal_error(e: Exception) -> int:
+    if os.environ.get("FLOWPROBE_DEBUG"):
+        raise e
+    print(f"flowprobe: internal error: {type(e).__name__}: {e} "
+          "(set FLOWPROBE_DEBUG=1 for a traceback)", file=sys.stderr)
+    return 70
 
 
 if __name__ == "__main__":

@@ -149,8 +149,9 @@ class HealthExporter(Exporter):
                 self._write(stats)
 
     def close(self) -> None:
-        if self.dump_path and self.latest is not None:
-            self._write(self.latest)          # the final statistics
+        if self.dump_path:                    # the final statistics (none: it never ran)
+            self._write(self.latest if self.latest is not None else
+                        {"time": int(time.time()), "stopped": True})
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

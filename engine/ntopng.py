@@ -118,6 +118,9 @@ def parse_curve_key(text: str) -> bytes:
         t = bytes.fromhex(t).decode("ascii", errors="replace")
     elif len(t) == 64 and set(t) <= _HEX:
         return z85.encode(bytes.fromhex(t))
+    elif len(t) in (64, 80):
+        raise ValueError(f"CURVE key of {len(t)} characters must be hex digits (or 40 Z85 "
+                         "characters)")
     if len(t) != 40:
         raise ValueError(f"CURVE key must be 40 Z85 characters or 80 hex digits, got "
                          f"{len(text.strip())} characters")

@@ -162,6 +162,7 @@ class Options:
     service: ServiceOptions = field(default_factory=ServiceOptions)
     health: HealthOptions = field(default_factory=HealthOptions)
     cores: tuple[int, ...] = ()                 # -g: one worker per core (empty: one process)
+    warnings: tuple[str, ...] = ()              # about the options themselves (ignored ones)
 
     @property
     def mode(self) -> RunMode:

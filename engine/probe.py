@@ -110,6 +110,16 @@ class RunLoop:
     def snapshot(self) -> Snapshot:
         raise NotImplementedError
 
+    @property
+    def exporting(self) -> bool:
+        """Whether any exporter takes flows (not with -n none and nothing else)."""
+        return any(not e.passive for e in self.exporters)
+
+    def undelivered(self) -> list[str]:
+        """One line per exporter that was given flows and delivered none (no subscriber, a
+        wrong key, no broker): a run that looked fine and sent nothing anywhere."""
+        return [t for t in (e.undelivered() for e in self.exporters) if t]
+
     def status_lines(self, snap: Snapshot) -> list[str]:
         """What -b prints every second."""
         return [status_line(snap)]
@@ -268,14 +278,17 @@ class Probe(RunLoop):
             kernel_received=sum(s.get("kernel_received", 0) for s in sources),
             file_errors=file_errors,
             fragments=st["fragments"], flows_created=st["flows_created"],
-            active_flows=st["active_flows"], other_shard=st["other_shard"],
+            # the collector's cache holds flows too
+            active_flows=st["active_flows"] + sum(s.get("cache", {}).get("active", 0)
+                                                  for s in sources),
+            other_shard=st["other_shard"],
             exported_flows=self.exported_flows, collected_records=self.collected_records,
             exported_by_reason=st["exported_by_reason"],
             feature_pool_exhausted=st["feature_pool_exhausted"],
             pps=self._rates[0], bps=self._rates[1], exporters=exporters,
             flow_collection=merge_flow_collection(sources), collector_drops=collector_drops,
             interface=c.interface_name, mode=c.mode, idle_timeout=c.idle_timeout,
-            lifetime=c.lifetime, hostname=socket.gethostname())
+            lifetime=c.lifetime, hostname=socket.gethostname(), exporting=self.exporting)
 
     def _sources_text(self) -> str:
         texts = [src.describe(st) for src, st in self._sources()]

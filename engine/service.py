@@ -64,7 +64,10 @@ def setup_logging(opts) -> Callable[[], None]:
     log.setLevel(logging.DEBUG if opts.verbose_log else logging.INFO)
     handlers: list[logging.Handler] = []
     if opts.syslog:
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        address = "/dev/log"
+        if not os.path.exists(address):    # no syslog daemon or journald: logs would vanish
+            raise FlowprobeError("--syslog: /dev/log does not exist (no syslog daemon or "
+                                 "journald here); use --log-file or stderr", status=2)
         try:
             h = logging.handlers.SysLogHandler(address=address,
                                                facility=logging.handlers.SysLogHandler.LOG_DAEMON)
@@ -136,7 +139,11 @@ def remove_pid_file(path: str) -> None:
         pass            # after --user the directory may not be ours; systemd cleans /run
 
 
+DROPPED_TO: str = ""        # the --user the process runs as, once it changed to it
+
+
 def drop_privileges(user: str) -> None:
+    global DROPPED_TO
     import pwd
     try:
         pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
@@ -156,4 +163,13 @@ def drop_privileges(user: str) -> None:
         raise FlowprobeError(os_error_message(f"change to user {user}", e))
     if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid:
         raise FlowprobeError(f"--user {user}: could not drop privileges")
+    DROPPED_TO = user
+    # the rest of the run imports modules as it needs them: the user must be able to read them
+    import engine
+    for path in (os.path.dirname(engine.__file__),):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise FlowprobeError(f"--user {user}: that user cannot read {path} (flowprobe's "
+                                 "installation): install flowprobe where it can, e.g. "
+                                 "python3 -m venv /opt/flowprobe && /opt/flowprobe/bin/pip "
+                                 "install .", status=2)
     log.debug("flowprobe: running as user %s (uid %d, gid %d)", pw.pw_name, pw.pw_uid, pw.pw_gid)

@@ -36,7 +36,8 @@ class Snapshot:
     flows_created: int = 0
     active_flows: int = 0
     other_shard: int = 0              # -g file workers: packets of another worker's shard
-    exported_flows: int = 0
+    exported_flows: int = 0           # finished flows handed to the exporters
+    exporting: bool = True            # False: no exporter takes flows (-n none)
     collected_records: int = 0
     exported_by_reason: dict = field(default_factory=dict)
     feature_pool_exhausted: int = 0
@@ -98,10 +99,16 @@ def delivery_text(snap: Snapshot) -> str:
     return "".join(f", {v}" for k, v in snap.exporters.items() if k.endswith("_status") and v)
 
 
+def _exported(snap: Snapshot, short: bool = False) -> str:
+    if snap.exporting:
+        return f"{snap.exported_flows} {'' if short else 'flows '}exported"
+    return f"{snap.exported_flows} {'' if short else 'flows '}finished (-n none: not exported)"
+
+
 def status_line(snap: Snapshot, extra: str = "") -> str:
     return (f"flowprobe: {snap.pps:.0f} pkts/s {snap.bps / 1e6:.2f} Mbit/s, "
             f"{snap.packets} pkts, {snap.active_flows} active flows, "
-            f"{snap.exported_flows} exported, drops: {drops_text(snap)}"
+            f"{_exported(snap, short=True)}, drops: {drops_text(snap)}"
             f"{delivery_text(snap)}{extra}")
 
 
@@ -109,7 +116,7 @@ def summary_line(snap: Snapshot, seconds: float, extra: str = "") -> str:
     secs = max(seconds, 1e-9)
     return (f"flowprobe: {snap.packets} packets ({snap.bytes} bytes on the wire) "
             f"in {secs:.2f} s ({snap.packets / secs:.0f} pkts/s), "
-            f"{snap.flows_created} flows, {snap.exported_flows} flows exported, "
+            f"{snap.flows_created} flows, {_exported(snap)}, "
             f"drops: {drops_text(snap)}{delivery_text(snap)}{extra}")
 
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, wait_until
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SUMMARY = re.compile(r"flowprobe: (\d+) packets \((\d+) bytes[^)]*\) in .*?, (\d+) flows, "
-                     r"(\d+) flows exported, drops: (.*)")
+                     r"(\d+) flows (?:exported|finished \(-n none: not exported\)), drops: (.*)")
 
 live = pytest.mark.root
 # A live capture on a quiet link does not see SIGTERM until a packet arrives (libpcap's TPACKET_V3

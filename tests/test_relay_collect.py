@@ -281,9 +281,9 @@ def test_hex_key_and_wrong_key():
 
 
 def test_genkey_prints_a_matching_key_pair():
-    r = subprocess.run([sys.executable, "-m", "engine.apps.flowrelay", "--genkey"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=30, check=True)
-    keys = dict(line.split(" ", 1) for line in r.stdout.splitlines())
-    assert set(keys) == {"public", "secret"}
+    r = subprocess.run([sys.executable, "-m", "engine.apps.flowrelay", "--gen-keypair"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    keys = json.loads(r.stdout)
+    assert set(keys) == {"public", "public_hex", "secret"}
     assert zmq.curve_public(keys["secret"].encode()).decode() == keys["public"]
     assert keys["public"] != zmq.curve_keypair()[0].decode()       # a new pair each time

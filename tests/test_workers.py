@@ -35,7 +35,7 @@ def flowprobe(*args, **kw):
 
 def summary(err: str) -> dict:
     line = [x for x in err.splitlines() if " packets (" in x][-1]
-    m = re.search(r"(\d+) packets \((\d+) bytes.*, (\d+) flows, (\d+) flows exported", line)
+    m = re.search(r"(\d+) packets \((\d+) bytes.*, (\d+) flows, (\d+) flows (?:exported|finished)", line)
     return {"packets": int(m[1]), "bytes": int(m[2]), "flows": int(m[3]),
             "exported": int(m[4]), "line": line}
 

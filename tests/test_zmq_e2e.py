@@ -281,6 +281,7 @@ def test_listen_command(tmp_path, session_pcap):
     r = subprocess.run([sys.executable, "-m", "engine", "-i", path, "--zmq",
                         f"tcp://127.0.0.1:{port}", "--zmq-wait-subscriber", "5"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
     out, _ = lst.communicate(timeout=30)
     rows = [json.loads(x) for x in out.splitlines()]
     flows = [r["flow"] for r in rows if r["topic"] == "flow"]

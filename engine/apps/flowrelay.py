@@ -14,7 +14,7 @@ tcp://RELAY:5556``).
   ``IP:PORT`` text (``[IPv6]:PORT``), and the datagram, byte for byte.
 * ``-k SECRET``: CURVE encryption, the relay is the CURVE server; SECRET is its secret key (40 Z85
   characters, 64 hex digits, or a file holding either). The public key the probe needs is printed
-  at start. ``flowrelay --genkey`` prints a new key pair.
+  at start. ``flowrelay --gen-keypair`` prints a new key pair.
 * While no probe takes messages they wait in a queue of ``--queue`` datagrams (default 10000);
   beyond that the oldest are dropped and counted (``queue_drops``).
 * ``-v``: statistics every ``--stats-interval`` seconds (and at exit) on stderr.
@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="datagrams kept while no probe takes them (default 10000)")
     p.add_argument("-v", "--verbose", action="store_true", help="statistics on stderr")
     p.add_argument("--stats-interval", type=float, default=1.0, metavar="SEC")
-    p.add_argument("--genkey", action="store_true", help="print a new CURVE key pair and exit")
+    p.add_argument("--gen-keypair", "--genkey", dest="genkey", action="store_true",
+                   help="print a new CURVE key pair (JSON) and exit")
     return p
 
 
@@ -243,9 +244,9 @@ def run(argv: list[str]) -> int:
     except ImportError:
         raise FlowprobeError("pyzmq is not installed")
     if args.genkey:
-        public, secret_key = zmq.curve_keypair()
-        print(f"public {public.decode()}\nsecret {secret_key.decode()}")
-        return 0
+        from engine.apps import print_keypair
+        return print_keypair(["flowrelay ... -k {secret}",
+                              "flowprobe ... --collector-encryption-key {public}"])
     if args.collector_port is None or not args.zmq:
         raise FlowprobeError("give -c PORT and -z ENDPOINT (see flowrelay --help)", status=2)
     if args.queue < 1:

@@ -18,13 +18,10 @@ from engine import __version__
 
 
 def _gen_keypair() -> int:
-    from engine.ntopng import generate_keypair
-    pub, sec = generate_keypair()
-    print(json.dumps({"public": pub, "public_hex": pub.encode().hex().upper(), "secret": sec}))
-    print(f"# flowprobe --zmq-encryption-key {pub}   (or the hex form)", file=sys.stderr)
-    print(f"# flowprobe-listen --secret-key {sec} ...   /   ntopng --zmq-encryption-key-priv {sec}",
-          file=sys.stderr)
-    return 0
+    from engine.apps import print_keypair
+    return print_keypair(["flowprobe --zmq-encryption-key {public}   (or the hex form)",
+                          "flowprobe-listen --secret-key {secret} ...   /   ntopng "
+                          "--zmq-encryption-key-priv {secret}"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -632,11 +632,10 @@ cdef class Encoder:
 # --- the text dump ----------------------------------------------------------------------------
 cdef struct text_cols_t:
     int proto, ipver, src, dst, sport, dport, vlan, inp, inb, outp, outb, first, last
-    int plen, tdiff, ent_c, ent_s, tunnel
+    int plen, tdiff, ent_c, ent_s, tunnel, source, icmp
 
 
-cdef inline void put_endpoint(buf_t* b, const uint8_t* rec, int ipver_off, int addr_off,
-                              int port_off) noexcept:
+cdef inline void put_address(buf_t* b, const uint8_t* rec, int ipver_off, int addr_off) noexcept:
     cdef char txt[64]
     cdef int n, i
     cdef const uint8_t* a = rec + addr_off
@@ -653,8 +652,6 @@ cdef inline void put_endpoint(buf_t* b, const uint8_t* rec, int ipver_off, int a
             put_uint_text(b, a[i])
             if i < 3:
                 put_byte(b, 46)
-    put_byte(b, 58)
-    put_uint_text(b, (<const uint16_t*>(rec + port_off))[0])
 
 
 cdef inline void put_bins(buf_t* b, const uint8_t* q) noexcept:
@@ -683,6 +680,7 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     cdef buf_t b
     cdef int64_t dur
     cdef int k, n
+    cdef bint icmp
     f = dtype.fields
     c.proto, c.ipver = f["protocol"][1], f["ip_version"][1]
     c.src, c.dst = f["src_addr"][1], f["dst_addr"][1]
@@ -692,6 +690,7 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     c.first, c.last = f["first_ms"][1], f["last_ms"][1]
     c.plen, c.tdiff = f["seq_plen"][1], f["seq_tdiff"][1]
     c.ent_c, c.ent_s, c.tunnel = f["entropy_c2s"][1], f["entropy_s2c"][1], f["tunnel"][1]
+    c.source, c.icmp = f["flow_source"][1], f["icmp_type"][1]
     names = [f"{PROTO_NAMES.get(p, str(p)):<6} ".encode() for p in range(256)]
     tunnels = [f" tunnel={t}".encode() for t in TUNNELS]
     cdef bytes name
@@ -703,9 +702,21 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
             grow(&b, 400)
             name = <bytes>names[rec[c.proto]]
             put(&b, <const char*>name, len(name))
-            put_endpoint(&b, rec, c.ipver, c.src, c.sport)
+            icmp = rec[c.proto] == 1 or rec[c.proto] == 58
+            put_address(&b, rec, c.ipver, c.src)
+            if not icmp:
+                put_byte(&b, 58)
+                put_uint_text(&b, (<const uint16_t*>(rec + c.sport))[0])
             put(&b, " -> ", 4)
-            put_endpoint(&b, rec, c.ipver, c.dst, c.dport)
+            put_address(&b, rec, c.ipver, c.dst)
+            if icmp:                               # no ports: the ICMP type and code
+                put(&b, " type ", 6)
+                put_uint_text(&b, (<const uint16_t*>(rec + c.icmp))[0] >> 8)
+                put(&b, " code ", 6)
+                put_uint_text(&b, (<const uint16_t*>(rec + c.icmp))[0] & 255)
+            else:
+                put_byte(&b, 58)
+                put_uint_text(&b, (<const uint16_t*>(rec + c.dport))[0])
             if (<const uint16_t*>(rec + c.vlan))[0]:
                 put(&b, " vlan ", 6)
                 put_uint_text(&b, (<const uint16_t*>(rec + c.vlan))[0])
@@ -729,7 +740,7 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
             put_byte(&b, <uint8_t>(48 + dur // 10 % 10))
             put_byte(&b, <uint8_t>(48 + dur % 10))
             put_byte(&b, 115)                      # 's'
-            if features:
+            if features and rec[c.source] == 0:    # measured from packets, not collected
                 put(&b, " plen=", 6)
                 put_bins(&b, rec + c.plen)
                 put(&b, " tdiff=", 7)

@@ -26,3 +26,7 @@ class Exporter:
 
     def stats(self) -> dict:
         return {}
+
+    def undelivered(self) -> str:
+        """'' or, when flows were given and none was delivered, one line saying so."""
+        return ""

@@ -13,16 +13,22 @@ from engine.export.base import Exporter
 from engine.fields import BY_NAME, DEFAULT_TEMPLATE, RECORD_DTYPE, records_to_dicts
 from engine.options import DumpFormat
 
+# the first line of the text dump: what its columns are
+TEXT_LEGEND = (b"# PROTO client -> server [packets/bytes client to server <-> server to client] "
+               b"duration; plen=payload-length bins <=64,65-128,129-256,257-512,513-1024,"
+               b">1024 bytes; tdiff=inter-arrival bins <=1,1-5,5-10,10-50,50-100,>100 ms; "
+               b"entropy=client/server payload bits per byte\n")
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP", 47: "GRE", 50: "ESP",
                2: "IGMP", 89: "OSPF", 103: "PIM"}
 
 
-def _endpoint(d: dict, side: str) -> str:
+def _address(d: dict, side: str) -> str:
     addr = d.get(f"IPV4_{side}_ADDR") or d.get(f"IPV6_{side}_ADDR")
-    port = d.get(f"L4_{side}_PORT", 0)
-    if ":" in addr:
-        return f"[{addr}]:{port}"
-    return f"{addr}:{port}"
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def _endpoint(d: dict, side: str) -> str:
+    return f"{_address(d, side)}:{d.get(f'L4_{side}_PORT', 0)}"
 
 
 class DumpExporter(Exporter):
@@ -36,7 +42,7 @@ class DumpExporter(Exporter):
         self.fmt = DumpFormat(fmt)
         self.names = tuple(names)
         self.flows = 0
-        self._header = self.fmt is DumpFormat.CSV
+        self._header = self.fmt is not DumpFormat.JSON
         fields = [BY_NAME[n] for n in self.names]
         self._c = Encoder(fields, RECORD_DTYPE, [f.name for f in fields], [f.name for f in fields])
         try:
@@ -61,7 +67,8 @@ class DumpExporter(Exporter):
         self.flows += len(records)
         out = self.lines(np.ascontiguousarray(records))
         if self._header:
-            out = self._c.csv_header() + out
+            out = (self._c.csv_header() if self.fmt is DumpFormat.CSV else
+                   TEXT_LEGEND if self._features else TEXT_LEGEND.split(b";")[0] + b"\n") + out
             self._header = False
         if self._fd is None:
             self.stream.write(out.decode())
@@ -100,17 +107,26 @@ def reference_lines(fmt, records: np.ndarray, names=DEFAULT_TEMPLATE, header: bo
             w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v)
                         for k, v in r.items()})
         return buf.getvalue()
-    return "".join(_text(r) + "\n" for r in rows)
+    sources = records["flow_source"].tolist()
+    legend = TEXT_LEGEND.decode() if "SEQ_PLEN" in names else TEXT_LEGEND.decode().split(";")[0] + "\n"
+    return (legend if header else "") + "".join(_text(r, src) + "\n"
+                                                for r, src in zip(rows, sources))
 
 
-def _text(d: dict) -> str:
+def _text(d: dict, flow_source: int = 0) -> str:
     proto = PROTO_NAMES.get(d["PROTOCOL"], str(d["PROTOCOL"]))
     vlan = f" vlan {d['SRC_VLAN']}" if d.get("SRC_VLAN") else ""
     dur = (d["FLOW_END_MILLISECONDS"] - d["FLOW_START_MILLISECONDS"]) / 1000
-    line = (f"{proto:<6} {_endpoint(d, 'SRC')} -> {_endpoint(d, 'DST')}{vlan} "
+    if d["PROTOCOL"] in (1, 58):                    # ICMP: no ports, its type and code
+        icmp = d.get("ICMP_TYPE", 0)
+        ends = (f"{_address(d, 'SRC')} -> {_address(d, 'DST')} type {icmp >> 8} "
+                f"code {icmp & 255}")
+    else:
+        ends = f"{_endpoint(d, 'SRC')} -> {_endpoint(d, 'DST')}"
+    line = (f"{proto:<6} {ends}{vlan} "
             f"[{d['IN_PKTS']} pkts/{d['IN_BYTES']} bytes <-> {d['OUT_PKTS']} pkts/"
             f"{d['OUT_BYTES']} bytes] {dur:.3f}s")
-    if "SEQ_PLEN" in d:
+    if "SEQ_PLEN" in d and flow_source == 0:        # measured from packets only, not collected
         line += (f" plen={','.join(map(str, d['SEQ_PLEN']))}"
                  f" tdiff={','.join(map(str, d['SEQ_TDIFF']))}"
                  f" entropy={d['ENTROPY_CLIENT_BYTES'] / 1000:.2f}/"

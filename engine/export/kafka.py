@@ -361,6 +361,15 @@ class KafkaExporter(Exporter):
         self.final = self.stats()
 
     # --- statistics -------------------------------------------------------------------------
+    def undelivered(self) -> str:
+        st = self.stats()
+        lost = (st["kafka_drops_queue_full"] + st["kafka_drops_delivery_failed"]
+                + st["kafka_drops_unsent_at_exit"])
+        if st["kafka_flows_delivered"] or not lost:
+            return ""
+        return (f"--kafka: none of the {lost} flows reached the brokers {self.spec.brokers} "
+                "(see kafka_drops_* in the summary)")
+
     def stats(self) -> dict:
         if self.final is not None:
             return self.final

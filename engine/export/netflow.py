@@ -381,6 +381,10 @@ class NetFlowExporter(Exporter):
 
     def _export_v5(self, records: np.ndarray) -> None:
         v4 = records[records["ip_version"] == 4]
+        if len(v4) < len(records) and not self.counters["netflow_v5_ipv6_skipped"]:
+            self.warn("flowprobe: warning: NetFlow v5 carries no IPv6: IPv6 flows are not "
+                      "exported, only counted (netflow_v5_ipv6_skipped); NetFlow v9 and IPFIX "
+                      "carry them")
         self.counters["netflow_v5_ipv6_skipped"] += len(records) - len(v4)
         self.counters["netflow_conversion_drops"] += len(records) - len(v4)
         if not len(v4):

@@ -17,6 +17,8 @@ protocol document docs ntopng-zmq-protocol.md).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -77,8 +79,12 @@ class Endpoint:
                 s.bind(url)
         except zmq.ZMQError as e:
             s.close(0)
-            raise FlowprobeError(f"cannot {'connect' if probe_mode else 'bind'}: {e}", status=2,
-                                 setting="zmq.endpoints", value=url) from None
+            hint = ""
+            if not probe_mode and e.errno == errno.EADDRNOTAVAIL:
+                hint = ("; that address is not this host's: to connect to an ntopng there, add "
+                        '--zmq-probe-mode (ntopng -i "tcp://*:PORTc")')
+            raise FlowprobeError(f"cannot {'connect' if probe_mode else 'bind'}: {e}{hint}",
+                                 status=2, setting="zmq.endpoints", value=url) from None
         self.subs: dict[bytes, int] = {}
         self.handshake_failures = 0
         self.handshakes = 0
@@ -376,6 +382,16 @@ class ZMQExporter(Exporter):
             "zmq_drops_no_subscriber": sum(e.drops_no_subscriber for e in eps),
         }
 
+    def undelivered(self) -> str:
+        st = self.stats()
+        lost = st["zmq_drops_queue_full"] + st["zmq_drops_no_subscriber"]
+        if st["zmq_flows"] or not lost:
+            return ""
+        return (f"--zmq: none of the {lost} flows reached a subscriber "
+                f"({st['zmq_drops_no_subscriber']} without one, {st['zmq_drops_queue_full']} on a "
+                "full queue): is ntopng running and connected" +
+                (", with the matching --zmq-encryption-key?" if self.curve else "?"))
+
 
 def flow_hash(records: np.ndarray) -> np.ndarray:
     """A hash of the flow key per record (the same for every slice of one flow)."""
@@ -431,7 +447,6 @@ def _iface_ip(name: str) -> str:
     if not name or not os.path.exists(f"/sys/class/net/{name}"):
         return ""
     try:
-        import fcntl
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             res = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
             return socket.inet_ntoa(res[20:24])

@@ -135,7 +135,8 @@ class Supervisor(RunLoop):
             if self.verbose:
                 for line in self.worker_lines(snap):
                     self.log(line)
-                self.log(self.handoff_line())
+                if self.verbose >= 2:           # the parent's own cost: for tuning -g
+                    self.log(self.handoff_line())
         finally:
             try:
                 for e in self.exporters:
@@ -322,6 +323,7 @@ class Supervisor(RunLoop):
             exported_flows=self.exported_flows, pps=self._rates[0], bps=self._rates[1],
             exporters=exporters, interface=c.interface_name, mode=c.mode,
             idle_timeout=c.idle_timeout, lifetime=c.lifetime, hostname=socket.gethostname(),
+            exporting=self.exporting,
             lost_flows=self.lost_flows, worker_restarts=sum(w.restarts for w in self.workers),
             workers=workers)
 
