@@ -33,6 +33,8 @@ def _engine_missing() -> str:
     try:
         import engine._fastpath  # noqa: F401
         import engine.export._encode  # noqa: F401
+        import msgpack  # noqa: F401   the package's dependencies, which the venv has
+        import zmq  # noqa: F401
     except ImportError as e:
         return (f"the flowprobe engine cannot be imported ({e}): set it up with "
                 "tools/setup-debian.sh (or pip install -e .), then run .venv/bin/python -m bench")
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sub.add_parser(name, help=f"see python -m bench {name} --help")
     args = ap.parse_args(argv)
-    return modules[args.command].run(args)
+    try:
+        return modules[args.command].run(args)
+    except (RuntimeError, OSError) as e:      # a measured command failed: say which, once
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
