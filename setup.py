@@ -20,6 +20,7 @@ extensions = [
     Extension("engine._reader", ["engine/_reader.pyx"], **OPTIONS),
     Extension("engine._decode", ["engine/_decode.pyx"], **OPTIONS),
     Extension("engine.export._encode", ["engine/export/_encode.pyx"], **OPTIONS),
+    Extension("engine.collect._cache", ["engine/collect/_cache.pyx"], **OPTIONS),
 ]
 if sys.platform.startswith("linux"):     # the TPACKET_V3 ring source; libpcap compiles its filters
     extensions.append(

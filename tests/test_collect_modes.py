@@ -12,7 +12,7 @@ import pytest
 
 from engine.arguments import parse_port
 from engine.collect import CollectorSource
-from engine.collect.cache import FlowCache
+from engine.collect._cache import FlowCache
 from engine.collect.collector import Collector
 from engine.errors import FlowprobeError
 from engine.fields import records_to_dicts

@@ -5,7 +5,8 @@ source of flow records.
 * receive.py: UDP sockets and their kernel drop counters;
 * collector.py: datagrams to records, per exporter and observation domain;
 * netflow.py, ipfix.py, sflow.py: the parsers; template.py: templates to record columns;
-* cache.py: the collector's flow cache; from_relay.py: datagrams forwarded by flowrelay;
+* _cache.pyx: the flow cache (C; cache.py is its numpy reference); from_relay.py: datagrams
+  forwarded by flowrelay;
 * badpackets.py: malformed datagrams to a pcap file.
 """
 from engine.collect.source import CollectorSource

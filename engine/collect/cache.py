@@ -1,6 +1,7 @@
-"""The collector's flow cache (the default mode): collected records merged by flow key, exporter and
-observation domain, both directions of a flow into one biflow, exported on the idle (-d) and
-lifetime (-t) timeouts by arrival time (routers' clocks are not trusted)."""
+"""The numpy reference of the collector's flow cache (the C one, engine/collect/_cache.pyx, is what
+runs; tests/test_collect_cache.py holds it to this): collected records merged by flow key,
+exporter and observation domain, both directions of a flow into one biflow, exported on the idle
+(-d) and lifetime (-t) timeouts by arrival time (routers' clocks are not trusted)."""
 from __future__ import annotations
 
 import numpy as np

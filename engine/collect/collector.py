@@ -69,7 +69,7 @@ class Domain:
     __slots__ = ("templates", "next_seq", "last_seq", "sampling", "init_ms", "pending",
                  "npending")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.templates: dict[int, Template] = {}
         self.next_seq: Optional[int] = None
         self.last_seq: Optional[int] = None
