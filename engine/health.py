@@ -8,12 +8,14 @@ scrape never touches the capture loop or the flow table.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 
 from engine.errors import FlowprobeError, os_error_message
 from engine.export.base import Exporter
+from engine.service import log
 from engine.stats import Snapshot
 
 
@@ -135,9 +137,18 @@ class HealthExporter(Exporter):
                 f.write("\n")
             os.replace(tmp, self.dump_path)
         except OSError as e:
-            if self.latest is None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            # a full disk must not stop the capture; a path that cannot work is an error at start
+            if self.latest is None and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
                 raise FlowprobeError(os_error_message(f"write statistics file {self.dump_path}", e))
             self.dump_errors += 1           # keep capturing; counted in the statistics
+            if self.dump_errors == 1:
+                log.warning("flowprobe: warning: " + os_error_message(
+                    f"write statistics file {self.dump_path}", e) + "; capture goes on, the "
+                    "failed writes are counted (stats_file_write_errors)")
 
     # --- exporter interface -------------------------------------------------------------
     def tick(self, stats: Snapshot) -> None:

@@ -47,6 +47,22 @@ class _LogWriter(io.TextIOBase):
         pass
 
 
+class _LogFile(logging.FileHandler):
+    """A log file whose disk fills up costs log lines, never the capture: one warning on the
+    real stderr (the terminal, the unit's journal), the lines lost counted in ``lost``.
+    (logging's own handleError prints to sys.stderr, which is routed back into this log.)"""
+
+    lost = 0
+
+    def handleError(self, record):
+        self.lost += 1
+        if self.lost == 1:
+            e = sys.exc_info()[1]
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            sys.__stderr__.write(f"flowprobe: warning: cannot write log file {self.baseFilename}: "
+                                 f"{why}; log lines are lost until it can be written again\n")
+
+
 def level_of(line: str) -> int:
     if "error:" in line[:40]:
         return logging.ERROR
@@ -77,7 +93,7 @@ def setup_logging(opts) -> Callable[[], None]:
         handlers.append(h)
     if opts.log_file:
         try:
-            h = logging.FileHandler(opts.log_file, encoding="utf-8")
+            h = _LogFile(opts.log_file, encoding="utf-8")
         except OSError as e:
             raise FlowprobeError(os_error_message(f"open log file {opts.log_file}", e))
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

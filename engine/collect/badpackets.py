@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 import time
 
 from engine.errors import FlowprobeError, os_error_message
@@ -16,8 +17,25 @@ class BadPacketWriter:
             self.f = open(path, "wb")
         except OSError as e:
             raise FlowprobeError(os_error_message(f"write {path!r}", e), status=2) from None
-        self.f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        self.path = path
         self.written = 0
+        self.write_errors = 0           # a full disk costs the dump, never the collection
+        self._put(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+
+    def _put(self, data: bytes) -> bool:
+        try:
+            self.f.write(data)
+            return True
+        except OSError as e:
+            self._failed(e)
+            return False
+
+    def _failed(self, e: OSError) -> None:
+        self.write_errors += 1
+        if self.write_errors == 1:
+            print("flowprobe: warning: " + os_error_message(f"write {self.path}", e) +
+                  "; collection goes on, the datagrams not written are counted "
+                  "(bad_packets_not_dumped)", file=sys.stderr)
 
     def write(self, exp, data: bytes) -> None:
         t = time.time()
@@ -30,11 +48,11 @@ class BadPacketWriter:
             ip = struct.pack(">IHBB16s16s", 0x60000000, udp_len, 17, 64, exp.addr16,
                              b"\0" * 15 + b"\x01")
         pkt = ip + struct.pack(">HHHH", 0, 0, udp_len, 0) + data
-        self.f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(pkt), len(pkt)) + pkt)
-        self.written += 1
+        if self._put(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(pkt), len(pkt)) + pkt):
+            self.written += 1
 
     def close(self) -> None:
         try:
             self.f.close()
-        except OSError:
-            pass
+        except OSError as e:        # the buffered tail could not be written
+            self._failed(e)

@@ -167,8 +167,11 @@ def options_data(col, exp, dom, tmpl: Template, body) -> None:
         if col_.ndim > 1:
             continue
         v = int(col_[-1])
-        if elem == 160:
-            dom.init_ms = v
+        if elem == 160:                 # systemInitTimeMilliseconds: ms since 1970
+            if v >= 1 << 63:
+                col.bad_set(exp, "bad_init_time")
+            else:
+                dom.init_ms = v
         elif elem in (34, 50, 305):
             interval = v
         elif elem == 306:

@@ -234,6 +234,7 @@ class CollectorSource(Source):
             d["cache"] = dict(self.cache.stats, active=len(self.cache))
         if self.bad_dump is not None:
             d["bad_packets_written"] = self.bad_dump.written
+            d["bad_packets_not_dumped"] = self.bad_dump.write_errors
         if self.relays:
             d["relays"] = [r.stats() for r in self.relays]
             bad = sum(r.counters["bad_frames"] for r in self.relays)
