@@ -288,7 +288,7 @@ def register(field: Field) -> Field:
     """Add a field to the registry (every format finds it by name from then on)."""
     if field.name in BY_NAME or (field.v9 is not None and field.v9 in BY_V9):
         raise ValueError(f"field {field.name} (id {field.v9}) is already registered")
-    if field.column not in RECORD_DTYPE.names:
+    if field.column not in (RECORD_DTYPE.names or ()):
         raise ValueError(f"field {field.name}: no record column {field.column!r}")
     FIELDS.append(field)
     BY_NAME[field.name] = field

@@ -168,14 +168,14 @@ def options_data(col, exp, dom, tmpl: Template, body) -> None:
             continue
         v = int(col_[-1])
         if elem == 160:
-            dom.init_ms = v
+            dom.init_ms = v if v < 1 << 63 else -1          # past any int64 time: unknown
         elif elem in (34, 50, 305):
             interval = v
         elif elem == 306:
             space = v
     if interval:
         dom.sampling = (interval + space) // interval if space is not None else interval
-        dom.sampling = max(1, dom.sampling)
+        dom.sampling = min(max(1, dom.sampling), (1 << 64) - 1)
 
 
 __all__ = ["parse_v5", "parse_v9", "install", "options_data", "SAMPLING_ELEMENTS"]

@@ -29,6 +29,10 @@ class CollectorSource(Source):
     """A record source over one UDP socket per (address, port) of ``binds``, and one ZeroMQ PULL
     socket per flowrelay (``relays``: tcp:// URLs, ``relay_key``: its CURVE public key)."""
     kind = "records"
+    socks: list[socket.socket]
+    relays: list
+    ports: list[int]
+    _kernel_drops_base: dict[int, int]
 
     def __init__(self, binds, mode=CollectorMode.CACHE, upscale=True, idle_timeout=30.0,
                  lifetime=120.0, max_flows=262144, bad_dump=None, idle_exit=0.0, relays=(),
@@ -40,12 +44,12 @@ class CollectorSource(Source):
                       if mode is CollectorMode.CACHE else None)
         self.bad_dump = bad_dump
         self.idle_exit = idle_exit
-        self.socks: list[socket.socket] = []
-        self.relays: list = []
+        self.socks = []
+        self.relays = []
         self._zctx = None
         self._poller = None
-        self.ports: list[int] = []
-        self._kernel_drops_base: dict[int, int] = {}
+        self.ports = []
+        self._kernel_drops_base = {}
         self.rcvbuf = 0
         for addr, port in binds:
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -155,7 +159,7 @@ class CollectorSource(Source):
             return exp
         return overflow
 
-    def batches(self) -> Iterator[np.ndarray]:
+    def batches(self) -> Iterator[np.ndarray]:  # type: ignore[override]  # records, no packets
         """Record batches until stop() or --collector-idle-exit; the last batch carries what
         was still queued in the sockets and, in cache mode, the whole cache (the probe stops
         reading after the batch during which stop() was called, so nothing is left for later)."""

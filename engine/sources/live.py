@@ -40,7 +40,7 @@ class PcapySource(Source):
     def __init__(self, name: str, *, live: bool, snaplen: int = 65535, promisc: bool = True,
                  bpf: Optional[str] = None, batch: int = 4096, timeout_ms: int = 100,
                  fanout_group: Optional[int] = None, buffer_bytes: int = 64 << 20):
-        import pcapy
+        import pcapy  # type: ignore[import-not-found]
         super().__init__(name)
         self.live = live
         self.batch = batch
