@@ -5,6 +5,7 @@ generated templates and data sets of every kind of element (variable-length, ent
 elements, every time form, ICMP parts, sampling and init time in options and in records)."""
 from __future__ import annotations
 
+import socket
 import struct
 
 import numpy as np
@@ -177,3 +178,31 @@ def test_v5_decodes_as_the_twin():
     for mode in MODES:
         fast, ref = twins(mode)
         assert assert_same(fast, ref, grams) > 0
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_receiver_reads_batches_with_their_senders(family, host):
+    """recvmmsg: every queued datagram, in order, byte for byte, with its sender's address, in
+    calls of up to SLOTS datagrams; nothing more than ``limit``."""
+    from engine.collect._collect import SLOTS, Receiver
+    rx = socket.socket(family, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind((host, 0))
+    tx = socket.socket(family, socket.SOCK_DGRAM)
+    tx.bind((host, 0))
+    try:
+        sent = [bytes([i & 0xFF]) * (1 + (i * 37) % 9000) for i in range(300)] + [b""]
+        for d in sent:
+            tx.sendto(d, rx.getsockname()[:2])
+        r = Receiver()
+        out: list = []
+        assert r.receive(rx.fileno(), 5.0, out, 100) == 100
+        assert r.receive(rx.fileno(), 6.0, out, 1000) == len(sent) - 100
+        assert r.receive(rx.fileno(), 7.0, out, 1000) == 0          # drained
+        assert [d for d, _, _ in out] == sent
+        assert {a for _, a, _ in out} == {host}
+        assert [t for _, _, t in out] == [5.0] * 100 + [6.0] * (len(sent) - 100)
+        assert r.calls <= 2 * (len(sent) // SLOTS + 2)
+    finally:
+        rx.close()
+        tx.close()

@@ -2,6 +2,8 @@
 # the per-set table (cpdef enums: template.py and collector.py build them from Python).
 from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
 
+from engine.includes.mmsg cimport iovec, mmsghdr, sockaddr_storage
+
 cpdef enum:
     # program header words
     HDR = 12
@@ -41,3 +43,14 @@ cpdef enum:
     S_INIT_MS = 8           # -1: unknown
     S_SAMPLING = 9          # 1: none
     VARLEN = 65535
+    SLOTS = 64              # datagrams a recvmmsg call (Receiver)
+
+
+cdef class Receiver:
+    cdef uint8_t* buf
+    cdef mmsghdr msgs[SLOTS]
+    cdef iovec iov[SLOTS]
+    cdef sockaddr_storage addrs[SLOTS]
+    cdef dict names
+    cdef readonly unsigned long long calls
+    cdef object name(self, const sockaddr_storage* sa)

@@ -1,4 +1,6 @@
 """Typed contract of the collector's C decode (engine/collect/_collect.pyx)."""
+from typing import final
+
 import numpy as np
 
 HDR: int
@@ -36,7 +38,14 @@ S_UPTIME_MS: int
 S_INIT_MS: int
 S_SAMPLING: int
 VARLEN: int
+SLOTS: int
 RECORD_DTYPE: np.dtype
+
+@final
+class Receiver:
+    calls: int
+    def __init__(self) -> None: ...
+    def receive(self, fd: int, now: float, out: list, limit: int) -> int: ...
 
 def count_records(prog: np.ndarray, data: bytes | memoryview) -> int: ...
 def decode_sets(buf: bytes, progs: np.ndarray, sets: np.ndarray, exporters: np.ndarray,

@@ -13,6 +13,9 @@ Each template is compiled once (template.py, ``Template.compiled``) into a flat 
 ``decode_sets`` runs every data set of a batch (all templates together) in one call with the GIL
 released; per set it takes the exporter and the header values that convert() takes as ``meta``.
 template.convert() is the reference twin: tests hold the two to the same rows.
+
+``Receiver`` reads a UDP socket with recvmmsg(2): up to SLOTS datagrams a system call into one
+buffer.
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -20,8 +23,13 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
 from engine.fields import RECORD_DTYPE
-from engine.includes.hton cimport load_be
+from engine.includes.hton cimport load_be, load_be16, load_be32, load_be64
+from engine.includes.inet cimport inet_ntop
+from engine.includes.mmsg cimport AF_INET, AF_INET6, MSG_DONTWAIT, iovec, mmsghdr, recvmmsg, \
+    sockaddr_storage
 
 cdef int64_t NTP_EPOCH_OFFSET = 2208988800     # seconds from 1900 to 1970
 cdef uint64_t MASK32 = 0xFFFFFFFFu
@@ -79,8 +87,14 @@ cdef inline void store(uint8_t* p, int width, uint64_t v) noexcept nogil:
 
 cdef inline uint64_t u64(const uint8_t* p, Py_ssize_t length) noexcept nogil:
     # a field as an integer: its last 8 bytes at most, big-endian (template._as_u64)
-    if length > 8:
-        return load_be(p + length - 8, 8)
+    if length == 4:
+        return load_be32(p)
+    if length == 2:
+        return load_be16(p)
+    if length == 1:
+        return p[0]
+    if length >= 8:
+        return load_be64(p + length - 8)
     return load_be(p, <int>length)
 
 
@@ -312,3 +326,75 @@ def decode_sets(const uint8_t[::1] buf, const int64_t[::1] progs, const int64_t[
                      upscale, normalize, starts)
     free(starts)
     return n
+
+
+cdef enum:
+    SLOT_BYTES = 65536       # more than any UDP payload: nothing is cut
+
+
+cdef class Receiver:
+    """recvmmsg(2) on UDP sockets: up to SLOTS datagrams a system call into one buffer (the GIL
+    released), each handed on as (payload bytes, sender address text, arrival time)."""
+    def __cinit__(self):
+        self.buf = <uint8_t*>malloc(SLOTS * SLOT_BYTES)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __init__(self):
+        self.names = {}
+        self.calls = 0
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef object name(self, const sockaddr_storage* sa):
+        # the sender as text, cached by its address bytes (sockaddr_in: the address at offset
+        # 4; sockaddr_in6: at 8)
+        cdef const uint8_t* raw = <const uint8_t*>sa
+        cdef char text[64]
+        cdef int af = sa.ss_family
+        cdef bytes key
+        if af == AF_INET:
+            key = PyBytes_FromStringAndSize(<const char*>raw + 4, 4)
+        elif af == AF_INET6:
+            key = PyBytes_FromStringAndSize(<const char*>raw + 8, 16)
+        else:
+            return "0.0.0.0"
+        got = self.names.get(key)
+        if got is None:
+            if inet_ntop(af, raw + (4 if af == AF_INET else 8), text, 64) == NULL:
+                return "0.0.0.0"
+            got = text.decode()
+            if len(self.names) < 65536:
+                self.names[key] = got
+        return got
+
+    def receive(self, int fd, double now, list out, int limit) -> int:
+        """Up to ``limit`` datagrams queued on ``fd`` appended to ``out``; the number read
+        (stops when the socket is drained or fails: EAGAIN, EINTR, an error queued on it)."""
+        cdef int total = 0, want, n, i
+        while total < limit:
+            want = min(<int>SLOTS, limit - total)
+            for i in range(want):
+                self.iov[i].iov_base = self.buf + <Py_ssize_t>i * SLOT_BYTES
+                self.iov[i].iov_len = SLOT_BYTES
+                self.msgs[i].msg_hdr.msg_name = &self.addrs[i]
+                self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+                self.msgs[i].msg_hdr.msg_iovlen = 1
+                self.msgs[i].msg_hdr.msg_control = NULL
+                self.msgs[i].msg_hdr.msg_controllen = 0
+                self.msgs[i].msg_hdr.msg_flags = 0
+            with nogil:
+                n = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT, NULL)
+            self.calls += 1
+            if n <= 0:
+                break
+            for i in range(n):
+                out.append((PyBytes_FromStringAndSize(
+                    <const char*>self.buf + <Py_ssize_t>i * SLOT_BYTES, self.msgs[i].msg_len),
+                    self.name(&self.addrs[i]), now))
+            total += n
+            if n < want:
+                break
+        return total
