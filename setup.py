@@ -14,13 +14,14 @@ OPTIONS = dict(include_dirs=[numpy.get_include(), "engine/includes"],
                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 
 # the data plane: the flow table (with the decoders of _decode.pxd inlined), the capture reader,
-# the decoders alone for the tests, and the per-flow encoders
+# the decoders alone for the tests, the per-flow encoders and the collector's data set decode
 extensions = [
     Extension("engine._fastpath", ["engine/_fastpath.pyx"], **OPTIONS),
     Extension("engine._reader", ["engine/_reader.pyx"], **OPTIONS),
     Extension("engine._decode", ["engine/_decode.pyx"], **OPTIONS),
     Extension("engine.export._encode", ["engine/export/_encode.pyx"], **OPTIONS),
     Extension("engine.collect._cache", ["engine/collect/_cache.pyx"], **OPTIONS),
+    Extension("engine.collect._collect", ["engine/collect/_collect.pyx"], **OPTIONS),
 ]
 if sys.platform.startswith("linux"):     # the TPACKET_V3 ring source; libpcap compiles its filters
     extensions.append(

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The load generator: builds tools/pcap-replay (C, from tools/pcap-replay.c) and runs it.
+"""The load generators: builds tools/pcap-replay (C, from tools/pcap-replay.c) and runs it, and
+tools/nf-send (NetFlow v9/IPFIX datagrams with sendmmsg, for the collector bench: ``nf_send()``).
 
     python tools/loadgen.py --build                       # what tools/setup-debian.sh runs
     python tools/loadgen.py -i veth0 [-r PPS] [-l LOOPS] [-c CPU] capture.pcap
@@ -24,15 +25,35 @@ SOURCE = TOOLS / "pcap-replay.c"
 BINARY = TOOLS / "pcap-replay"
 
 
-def build() -> pathlib.Path:
+NF_SOURCE = TOOLS / "nf-send.c"
+NF_BINARY = TOOLS / "nf-send"
+
+
+def build(source: pathlib.Path = SOURCE, binary: pathlib.Path = BINARY,
+          libs: Sequence[str] = ("-lpcap",)) -> pathlib.Path:
     """The binary, compiled first when it is missing or older than its source."""
-    if not BINARY.exists() or BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
-        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", str(BINARY), str(SOURCE),
-                            "-lpcap"], capture_output=True, text=True)
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source),
+                            *libs], capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"cannot build {BINARY.name} (gcc and libpcap-dev are needed): "
+            raise RuntimeError(f"cannot build {binary.name} (gcc and libpcap-dev are needed): "
                                f"{r.stderr.strip()}")
-    return BINARY
+    return binary
+
+
+def nf_send(port: int, version: int = 9, rate: float = 0, seconds: float = 1.0,
+            datagrams: int = 0, records: int = 30, flows: int = 100000,
+            host: str = "127.0.0.1", timeout: float = 600) -> dict:
+    """tools/nf-send: NetFlow v9 (or IPFIX, version 10) datagrams of ``records`` records to
+    HOST:PORT at ``rate`` records/s (0: as fast as it can) for ``seconds`` or ``datagrams``; its
+    JSON report (datagrams, records, seconds, records_per_s, send_errors)."""
+    cmd = [str(build(NF_SOURCE, NF_BINARY, ())), "-H", host, "-p", str(port), "-V", str(version),
+           "-r", str(rate), "-s", str(seconds), "-n", str(datagrams), "-R", str(records),
+           "-f", str(flows)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip() or f"nf-send exited {r.returncode}")
+    return json.loads(r.stdout)
 
 
 def command(iface: str, capture: str, rate: float = 0, loops: int = 1,

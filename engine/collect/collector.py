@@ -1,9 +1,11 @@
 """Datagrams in, flow records out: per-exporter state, statistics and batching.
 
 ``Collector.feed(datagrams)`` takes a batch of (payload, exporter address, arrival time) and returns
-one RECORD_DTYPE array. Data sets of the same template from every datagram of the batch are joined
-and converted together (one ``np.frombuffer`` and one vectorised conversion per template per
-batch), so the per-record cost is numpy's, and the per-datagram cost is a header walk.
+one RECORD_DTYPE array. Headers and templates are parsed in Python (netflow.py, ipfix.py); the data
+sets of every datagram of the batch are queued and decoded at the end of the batch in one C call
+(_collect.decode_sets, through each template's compiled program), in arrival order.
+``c_decode=False`` keeps the reference twin: the data sets of each template joined and converted
+by numpy (template.convert), grouped by template.
 """
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ import numpy as np
 
 from engine.fields import RECORD_DTYPE
 from engine.options import CollectorMode
+from engine.collect import _collect
 from engine.collect.template import Template, convert
+
+_INT64 = 1 << 63
+
+
+def _signed(v: int) -> int:
+    """A uint64 header value as the int64 word of the C decode's set table."""
+    return v - (1 << 64) if v >= _INT64 else v
 
 MAX_EXPORTERS = 4096
 MAX_DOMAINS_PER_EXPORTER = 256
@@ -83,8 +93,10 @@ class Collector:
     def __init__(self, mode=CollectorMode.PASSTHROUGH, upscale: bool = True, bad_dump=None,
                  max_exporters: int = MAX_EXPORTERS,
                  max_templates: int = MAX_TEMPLATES_PER_DOMAIN,
-                 max_pending: int = MAX_PENDING_SETS, pending_age: float = PENDING_AGE):
+                 max_pending: int = MAX_PENDING_SETS, pending_age: float = PENDING_AGE,
+                 c_decode: bool = True):
         self.mode = CollectorMode(mode)
+        self.c_decode = c_decode
         self.upscale = upscale
         self.bad_dump = bad_dump            # BadPacketWriter or None
         self.max_exporters = max_exporters
@@ -100,6 +112,7 @@ class Collector:
         self._last_purge = 0.0
         # per feed() call
         self._groups: dict[int, tuple[Template, list, list, list]] = {}
+        self._sets: list = []               # (template, data, meta, records) for the C decode
         self._extra: list = []
         self._samples: list = []
 
@@ -125,6 +138,7 @@ class Collector:
         """Parse (payload, exporter address text, arrival time) tuples; the records they hold."""
         netflow, ipfix, sflow = _parsers()
         self._groups = {}
+        self._sets = []
         self._extra = []
         self._samples = []
         now = time.time()
@@ -189,6 +203,14 @@ class Collector:
     def add_data(self, tmpl: Template, data, meta: tuple, exp: Exporter) -> int:
         """Queue one data set of ``tmpl`` (bytes of whole records) for conversion; returns the
         number of records."""
+        if self.c_decode:
+            if tmpl.fixed:
+                n = len(data) // tmpl.reclen if tmpl.reclen else 0
+            else:
+                n = _collect.count_records(tmpl.compiled, data)
+            if n:
+                self._sets.append((tmpl, data, meta, n))
+            return n
         if tmpl.fixed:
             n = len(data) // tmpl.reclen if tmpl.reclen else 0
             if n == 0:
@@ -259,8 +281,11 @@ class Collector:
             if len(recs):
                 parts.append(recs)
         normalize = self.mode is not CollectorMode.PASSTHROUGH
+        if self._sets:
+            parts.append(self._decode_sets(normalize))
         for tmpl, chunks, metas, counts in self._groups.values():
-            arr = np.frombuffer(b"".join(chunks), tmpl.dtype)
+            arr = np.frombuffer(b"".join(chunks), tmpl.dtype) if tmpl.dtype.itemsize else \
+                np.zeros(sum(counts), tmpl.dtype)        # variable-length fields only
             if len(metas) == 1:
                 exp16, ipv, dom, export_ms, uptime_ms, init_ms, sampling = metas[0]
                 meta = {"exporter": np.frombuffer(exp16, np.uint8), "exporter_ipv": ipv,
@@ -283,6 +308,7 @@ class Collector:
                         "upscale": self.upscale}
             parts.append(convert(tmpl, arr, meta, normalize))
         self._groups = {}
+        self._sets = []
         self._extra = []
         if not parts:
             return np.zeros(0, RECORD_DTYPE)
@@ -291,6 +317,35 @@ class Collector:
             bytearray(b"".join(p.tobytes() for p in parts)), RECORD_DTYPE)
         self.totals["records"] += len(out)
         return out
+
+    def _decode_sets(self, normalize: bool) -> np.ndarray:
+        """Every queued data set of the batch decoded by one C call."""
+        offsets: dict[int, int] = {}
+        progs: list = []
+        nprog = 0
+        rows: list = []
+        chunks: list = []
+        exporters: list = []
+        off = total = 0
+        for tmpl, data, meta, n in self._sets:
+            po = offsets.get(id(tmpl))
+            if po is None:
+                po = offsets[id(tmpl)] = nprog
+                progs.append(tmpl.compiled)
+                nprog += len(tmpl.compiled)
+            exp16, ipv, dom, export_ms, uptime_ms, init_ms, sampling = meta
+            rows.append((off, len(data), po, n, ipv, dom, export_ms, uptime_ms, _signed(init_ms),
+                         _signed(sampling)))
+            chunks.append(data)
+            exporters.append(exp16)
+            off += len(data)
+            total += n
+        out = np.empty(total, RECORD_DTYPE)
+        n = _collect.decode_sets(
+            b"".join(chunks), np.concatenate(progs) if len(progs) > 1 else progs[0],
+            np.array(rows, np.int64), np.frombuffer(b"".join(exporters), np.uint8).reshape(-1, 16),
+            out, self.upscale, normalize)
+        return out[:n]
 
     # --- statistics ---------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -178,7 +178,7 @@ def options_data(col, exp, dom, tmpl: Template, body) -> None:
             space = v
     if interval:
         dom.sampling = (interval + space) // interval if space is not None else interval
-        dom.sampling = max(1, dom.sampling)
+        dom.sampling = min(max(1, dom.sampling), (1 << 64) - 1)
 
 
 __all__ = ["parse_v5", "parse_v9", "install", "options_data", "SAMPLING_ELEMENTS"]

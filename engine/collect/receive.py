@@ -1,4 +1,5 @@
-"""UDP receive for the collector: the sockets' kernel drop counters from /proc/net/udp."""
+"""UDP receive for the collector: the sockets' kernel drop counters from /proc/net/udp (the
+datagrams themselves are read by _collect.Receiver, recvmmsg)."""
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from engine.collect._cache import FlowCache
+from engine.collect._collect import Receiver
 from engine.collect.collector import Collector
 from engine.collect.receive import BATCH_DATAGRAMS, RCVBUF, udp_drops
 from engine.errors import FlowprobeError, os_error_message
@@ -79,8 +80,7 @@ class CollectorSource(Source):
             self._open_relays(relays, relay_key)
         self.received = 0
         self.last_datagram = time.monotonic()
-        self._buf = bytearray(65536)
-        self._mv = memoryview(self._buf)
+        self._receiver = Receiver()             # recvmmsg: SLOTS datagrams a system call
         self._last_expire = None
         self._drained = False
 
@@ -121,15 +121,8 @@ class CollectorSource(Source):
 
     def _drain_udp(self, ready, now: float, out: list) -> None:
         """Up to BATCH_DATAGRAMS datagrams from each ready UDP socket, as (bytes, sender, time)."""
-        buf, mv = self._buf, self._mv
         for s in ready:
-            recv = s.recvfrom_into
-            for _ in range(BATCH_DATAGRAMS):
-                try:
-                    n, addr = recv(buf)
-                except OSError:            # BlockingIOError (drained), EINTR, socket errors
-                    break
-                out.append((mv[:n].tobytes(), addr[0], now))
+            self._receiver.receive(s.fileno(), now, out, BATCH_DATAGRAMS)
 
     def _receive_all(self, timeout: float) -> list:
         """receive() with flowrelay sockets too: one zmq poll over UDP and ZeroMQ sockets."""

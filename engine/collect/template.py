@@ -51,7 +51,7 @@ class Template:
     """One template: fields as (pen, element, length); ``dtype`` covers the fixed fields."""
 
     __slots__ = ("tid", "fields", "fixed", "reclen", "dtype", "names", "scope_count",
-                 "is_options", "minlen", "program")
+                 "is_options", "minlen", "program", "_compiled")
 
     def __init__(self, tid: int, fields: list, scope_count: int = 0, is_options: bool = False):
         self.tid = tid
@@ -87,6 +87,14 @@ class Template:
             if need is None or need == length:
                 steps.append((primary, i, f, how))
         self.program = [(i, f, how) for primary, i, f, how in sorted(steps, key=lambda s: s[0])]
+        self._compiled: Optional[np.ndarray] = None
+
+    @property
+    def compiled(self) -> np.ndarray:
+        """The C decode's program for this template (compiled once, see compile_program)."""
+        if self._compiled is None:
+            self._compiled = compile_program(self)
+        return self._compiled
 
     def same_as(self, fields: list, scope_count: int) -> bool:
         return self.fields == fields and self.scope_count == scope_count
@@ -261,6 +269,65 @@ def _times(v: Optional[np.ndarray], kind, meta: dict, export_ms: np.ndarray) -> 
     if kind in (158, 159):               # delta microseconds before the export time
         return np.maximum(export_ms - (v // np.uint64(1000)).astype(np.int64), 0)
     return export_ms
+
+
+def compile_program(tmpl: Template) -> np.ndarray:
+    """``tmpl`` as the flat int64 program of engine/collect/_collect.pyx: the same steps, in the
+    same order, as convert() takes."""
+    from engine.collect import _collect as C
+    lengths = [length for _, _, length in tmpl.fields]
+    steps = []
+    have = set()
+    v6 = False
+    flags = 0
+    ops = {"ipv4": (C.OP_COPY, 4), "ipv6": (C.OP_COPY, 16), "mac": (C.OP_COPY, 6),
+           "exp4": (C.OP_EXP4, 4), "exp6": (C.OP_EXP6, 16)}
+    columns: dict = dict(RECORD_DTYPE.fields or {})
+    for i, f, how in tmpl.program:
+        ctype, off = columns[f.column][:2]
+        if how == "int":
+            steps.append((C.OP_INT, i, off, ctype.itemsize))
+            have.add(f.column)
+        elif how == "icmp":
+            steps.append((C.OP_ICMP_SET, i, 0, 0))
+            flags |= C.FLAG_ICMP
+        else:
+            op, width = ops[how]
+            steps.append((op, i, off, width))
+            v6 = v6 or how == "ipv6"
+    head = {C.H_FIRST: -1, C.H_FIRST_KIND: 0, C.H_LAST: -1, C.H_LAST_KIND: 0, C.H_INIT: -1}
+    for i, (pen, elem, length) in enumerate(tmpl.fields):
+        if length == VARLEN or pen != 0:
+            continue
+        if elem in (176, 178):
+            steps.append((C.OP_ICMP_HI, i, 0, 0))
+            flags |= C.FLAG_ICMP
+        elif elem in (177, 179):
+            steps.append((C.OP_ICMP_LO, i, 0, 0))
+            flags |= C.FLAG_ICMP
+        elif elem in (22, 150, 152, 154, 156, 158):
+            head[C.H_FIRST], head[C.H_FIRST_KIND] = i, elem
+        elif elem in (21, 151, 153, 155, 157, 159):
+            head[C.H_LAST], head[C.H_LAST_KIND] = i, elem
+        elif elem == 160:
+            head[C.H_INIT] = i
+        elif elem in _SAMPLING:
+            steps.append((C.OP_SAMPLING, i, 0, 0))
+    if "icmp_type" in have or flags & C.FLAG_ICMP:
+        flags |= C.FLAG_HAD_ICMP
+    prog = np.zeros(C.HDR + len(lengths) + C.STEP_WORDS * len(steps), np.int64)
+    prog[C.H_NFIELDS] = len(lengths)
+    prog[C.H_RECLEN] = tmpl.reclen
+    prog[C.H_MINLEN] = max(tmpl.minlen, 1)
+    prog[C.H_NSTEPS] = len(steps)
+    for k, v in head.items():
+        prog[k] = v
+    prog[C.H_FLAGS] = flags
+    prog[C.H_IPVERSION] = 0 if "ip_version" in have else (6 if v6 else 4)
+    prog[C.HDR:C.HDR + len(lengths)] = lengths
+    if steps:
+        prog[C.HDR + len(lengths):] = np.asarray(steps, np.int64).reshape(-1)
+    return prog
 
 
 def normalize_records(out: np.ndarray, had_icmp: bool) -> None:

@@ -120,7 +120,7 @@ class RingSource(Source):
                 n = ring.next_block(meta, self.timeout_ms)
             except OSError as e:
                 raise FlowprobeError(f"{self.name!r}: capture failed: "
-                                     f"{ERRNO_TEXT.get(e.errno or 0, e.strerror or str(e))}") from None
+                                     f"{ERRNO_TEXT.get(e.errno or 0) or e.strerror}") from None
             rows = meta[:n]
             if not self.stopped:
                 yield ring, rows

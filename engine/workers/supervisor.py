@@ -120,11 +120,16 @@ class Supervisor(RunLoop):
         if self._deadline is None:
             self._deadline = time.monotonic() + DRAIN_WAIT_S
         for w in self.workers:
-            if w.process is not None and w.process.exitcode is None:
-                try:
-                    os.kill(w.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            if w.ready:      # one still starting has no handler yet: it is told once it says HELLO
+                self._signal_stop(w)
+
+    @staticmethod
+    def _signal_stop(w) -> None:
+        if w.process is not None and w.process.exitcode is None:
+            try:
+                os.kill(w.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self, sources=None) -> None:
@@ -197,6 +202,8 @@ class Supervisor(RunLoop):
                 w.last = pickle.loads(payload.bytes)
             elif kind == HELLO and current:
                 w.ready = True
+                if self.stop_requested:
+                    self._signal_stop(w)
             elif kind == DONE and current:
                 last, warnings = pickle.loads(payload.bytes)
                 w.last = last or w.last
