@@ -225,10 +225,11 @@ def test_ipfix_varlen_enterprise_reverse_and_withdrawal():
 
 
 def test_bad_packets_are_dumped(tmp_path):
-    """The dump holds each rejected datagram as sent, from its exporter (read back by dpkt)."""
+    """The dump holds each rejected datagram as sent, from its exporter to the collector's port
+    (read back by dpkt)."""
     import dpkt
     from engine.collect.badpackets import BadPacketWriter
-    w = BadPacketWriter(str(tmp_path / "bad.pcap"))
+    w = BadPacketWriter(str(tmp_path / "bad.pcap"), port=2055)
     col = Collector(bad_dump=w)
     col.feed([(b"\x00\x07garbage", "10.8.0.1", 1.0), (b"\x00", "10.8.0.2", 1.0),
               (v9(0, []), "10.8.0.1", 1.0)])
@@ -242,8 +243,8 @@ def test_bad_packets_are_dumped(tmp_path):
     for buf in frames:
         ip = dpkt.ethernet.Ethernet(buf).data if link == dpkt.pcap.DLT_EN10MB else \
             dpkt.ip.IP(buf)
-        got.append((socket.inet_ntoa(ip.src), bytes(ip.data.data)))
-    assert got == [("10.8.0.1", b"\x00\x07garbage"), ("10.8.0.2", b"\x00")]
+        got.append((socket.inet_ntoa(ip.src), ip.data.dport, bytes(ip.data.data)))
+    assert got == [("10.8.0.1", 2055, b"\x00\x07garbage"), ("10.8.0.2", 2055, b"\x00")]
 
 
 def _compact_to_expanded(d: bytes) -> bytes:

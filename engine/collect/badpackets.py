@@ -10,7 +10,9 @@ from engine.errors import FlowprobeError, os_error_message
 
 class BadPacketWriter:
     """Malformed datagrams as raw-IP/UDP packets (link type 101) in a pcap file, the exporter as
-    source address."""
+    source address and the collector's (first) port as destination port, so that tshark decodes
+    them as NetFlow/IPFIX/sFlow on that port. (The exporter's own port is not kept: exporters are
+    told apart by address.)"""
 
     def __init__(self, path: str, port: int = 0):
         try:
@@ -18,6 +20,7 @@ class BadPacketWriter:
         except OSError as e:
             raise FlowprobeError(os_error_message(f"write {path!r}", e), status=2) from None
         self.path = path
+        self.port = port
         self.written = 0
         self.write_errors = 0           # a full disk costs the dump, never the collection
         self._put(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
@@ -47,7 +50,7 @@ class BadPacketWriter:
         else:
             ip = struct.pack(">IHBB16s16s", 0x60000000, udp_len, 17, 64, exp.addr16,
                              b"\0" * 15 + b"\x01")
-        pkt = ip + struct.pack(">HHHH", 0, 0, udp_len, 0) + data
+        pkt = ip + struct.pack(">HHHH", 0, self.port, udp_len, 0) + data
         if self._put(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(pkt), len(pkt)) + pkt):
             self.written += 1
 

@@ -76,6 +76,8 @@ class CollectorSource(Source):
             self.socks.append(s)
             self.ports.append(s.getsockname()[1])
             self._kernel_drops_base[len(self.socks) - 1] = udp_drops(s) or 0
+        if bad_dump is not None and self.ports:
+            bad_dump.port = self.ports[0]       # the dumped packets' destination port
         if relays:
             self._open_relays(relays, relay_key)
         self.received = 0
