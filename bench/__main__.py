@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "workers": "bench.workers",              # -g with 1 and 2 workers, file and live
     "relay": "bench.relay",                  # flowrelay datagrams/s, UDP -> ZeroMQ (plain, CURVE)
     "live": "bench.live",
+    "vs-nfcapd": "bench.vs_nfcapd",          # collector records per CPU-second beside nfcapd
     "realistic": "bench.realistic",          # real-traffic capture: vs softflowd, CPU per format                    # live capture on veth beside tcpdump, softflowd
 }
 
