@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import pathlib
+import socket
+import struct
 import sys
 
 import numpy as np
@@ -83,3 +85,17 @@ def tshark_frames(path) -> list[dict]:
                                      int(fields[name + ".dstport"])))
         frames.append(f)
     return frames
+
+
+# --- collector input ---------------------------------------------------------------------------
+def v5_datagram(seq: int, first: int, n: int = 10) -> bytes:
+    """NetFlow v5 with ``n`` flows numbered first..first+n-1 (10.1.x.y -> 10.2.x.y)."""
+    head = struct.pack(">HHIIIIBBH", 5, n, 100_000, 1_700_000_000, 0, seq, 0, 0, 0)
+    recs = []
+    for i in range(first, first + n):
+        src = socket.inet_aton(f"10.1.{i >> 8 & 255}.{i & 255}")
+        dst = socket.inet_aton(f"10.2.{i >> 8 & 255}.{i & 255}")
+        recs.append(src + dst + bytes(4) + struct.pack(
+            ">HHIIIIHHBBBBHHBBH", 1, 2, i + 1, 100 * (i + 1), 50_000, 90_000, 1000 + i % 50000,
+            80, 0, 0x18, 6, 0, 0, 0, 24, 24, 0))
+    return head + b"".join(recs)

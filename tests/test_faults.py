@@ -7,7 +7,6 @@ floods: test_collect_malformed.py.)"""
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -17,19 +16,11 @@ import pytest
 import cases
 import corpus
 from bench.common import free_port
+from cases import v5_datagram
 from conftest import ROOT, Running, udp_queue, wait_until
 from engine.subscribe import Subscriber, flows_of
 
 packets = cases.packets
-
-
-def v5_datagram(seq: int, k: int) -> bytes:
-    """One NetFlow v5 record, flow k (distinct addresses and ports for every k)."""
-    hdr = struct.pack(">HHIIIIBBH", 5, 1, 1000, int(time.time()), 0, seq, 0, 0, 0)
-    rec = struct.pack(">4s4s4sHHIIIIHHBBBBHHBBH", bytes([10, 1, k >> 8 & 255, k & 255]),
-                      bytes([192, 0, 2, 9]), bytes(4), 0, 0, 3, 300, 500, 900, 1000 + k % 5000,
-                      80, 0, 0, 6, 0, 0, 0, 24, 24, 0)
-    return hdr + rec
 
 
 def summary(lines: list[str]) -> str:
@@ -73,7 +64,7 @@ def test_viewer_goes_away_and_comes_back(probe_mode):
     def send(n):
         nonlocal sent
         for _ in range(n):
-            tx.sendto(v5_datagram(sent, sent), ("127.0.0.1", udp))
+            tx.sendto(v5_datagram(sent, sent, 1), ("127.0.0.1", udp))
             sent += 1
             time.sleep(0.001)
 
@@ -154,7 +145,7 @@ def test_full_disk_under_dump_bad_packets(full_disk):
     for i in range(60):
         tx.sendto(b"\x00\x09" + b"\xff" * 3000, ("127.0.0.1", port))   # malformed: dumped
     for i in range(20):
-        tx.sendto(v5_datagram(i, i), ("127.0.0.1", port))               # good: collected
+        tx.sendto(v5_datagram(i, i, 1), ("127.0.0.1", port))               # good: collected
     wait_until(lambda: fp.stdout().count("\n") >= 20, what="the 20 good records")
     fp.proc.send_signal(signal.SIGTERM)
     out, _ = fp.finish()

@@ -13,7 +13,6 @@ import json
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 
 import pytest
 
+from cases import v5_datagram
 from conftest import ROOT, tcp_peers, tool, wait_until
 from test_collect_live import Tee, free_port, run_exporter, wait_bound
 
@@ -144,19 +144,6 @@ def test_softflowd_through_relay_matches_direct_udp(capture, version, generated,
 
 
 # --- disconnect / reconnect -------------------------------------------------------------------
-def v5_datagram(seq: int, first: int, n: int = 10) -> bytes:
-    """NetFlow v5 with ``n`` flows numbered first..first+n-1 (10.1.x.y -> 10.2.x.y)."""
-    head = struct.pack(">HHIIIIBBH", 5, n, 100_000, 1_700_000_000, 0, seq, 0, 0, 0)
-    recs = []
-    for i in range(first, first + n):
-        src = socket.inet_aton(f"10.1.{i >> 8 & 255}.{i & 255}")
-        dst = socket.inet_aton(f"10.2.{i >> 8 & 255}.{i & 255}")
-        recs.append(src + dst + bytes(4) + struct.pack(
-            ">HHIIIIHHBBBBHHBBH", 1, 2, i + 1, 100 * (i + 1), 50_000, 90_000, 1000 + i % 50000,
-            80, 0, 0x18, 6, 0, 0, 0, 24, 24, 0))
-    return head + b"".join(recs)
-
-
 def send_v5(port: int, start: int, count: int, n: int = 10) -> None:
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for k in range(start, start + count):
