@@ -11,6 +11,9 @@ cd "$(dirname "$0")/../.."
 command -v clang >/dev/null || { echo "build_native.sh: clang is not installed" >&2; exit 1; }
 out=bench/work/fuzz/native
 mkdir -p "$out"
+# two fuzz runs started together (one per core) build one after the other
+exec 9>"$out/.lock"
+flock 9
 # a copy of the sources: the instrumented .so files must not replace the normal build
 tar cf - --exclude='*.so' --exclude=__pycache__ setup.py pyproject.toml engine bindings \
     | (cd "$out" && tar xf -)
