@@ -689,7 +689,8 @@ cdef class FlowTable:
 
     def take(self):
         """The finished flows since the last call (a new array of RECORD_DTYPE)."""
-        out = self.out_array[:self.out_n].copy()
+        # as bytes: numpy copies a structured array field by field (~14x slower)
+        out = self.out_array[:self.out_n].view(np.uint8).copy().view(self.out_array.dtype)
         self.out_n = 0
         return out
 

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine._fastpath import FlowTable
+from engine.fields import join_records
 from engine.stats import DropWarnings, Snapshot, empty_flow_collection, status_line, summary_line
 
 
@@ -58,7 +59,6 @@ def capture_records(path: str, **table_options) -> tuple[np.ndarray, dict]:
     """Every flow of one capture file as one record array, and the table's statistics: the
     fast path without a run loop (tests, benchmarks, notebooks). ``table_options`` are
     FlowTable's (max_flows, idle_timeout, lifetime, features...)."""
-    from engine.fields import RECORD_DTYPE
     from engine.sources.pcapfile import FileSource
     table = FlowTable(**table_options)
     out: list = []
@@ -66,7 +66,7 @@ def capture_records(path: str, **table_options) -> tuple[np.ndarray, dict]:
         for buf, meta in src.batches():
             feed(table, buf, meta, out.append)
     drain(table, out.append)
-    records = np.concatenate(out) if out else np.zeros(0, RECORD_DTYPE)
+    records = join_records(out)
     return records, table.stats()
 
 
@@ -137,7 +137,7 @@ class RunLoop:
         if not self._gathered:
             return
         parts, self._gathered, self._gathered_flows = self._gathered, [], 0
-        records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        records = join_records(parts)
         for e in self.exporters:
             e.export(records)
 

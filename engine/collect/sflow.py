@@ -8,7 +8,7 @@ import struct
 import numpy as np
 
 from engine._fastpath import META_DTYPE, FlowTable
-from engine.fields import RECORD_DTYPE
+from engine.fields import RECORD_DTYPE, join_records
 
 _U32 = struct.Struct(">I")
 _2U32 = struct.Struct(">II")
@@ -59,7 +59,7 @@ class SflowDecoder:
             parts.append(table.take())
         if not parts:
             return np.zeros(0, RECORD_DTYPE), np.zeros(0, np.int64)
-        recs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        recs = join_records(parts)
         return recs, np.asarray(index, np.int64)
 
 

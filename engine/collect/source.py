@@ -21,7 +21,7 @@ from engine.collect._collect import Receiver
 from engine.collect.collector import Collector
 from engine.collect.receive import BATCH_DATAGRAMS, RCVBUF, udp_drops
 from engine.errors import FlowprobeError, os_error_message
-from engine.fields import RECORD_DTYPE
+from engine.fields import RECORD_DTYPE, join_records
 from engine.options import CollectorMode
 from engine.sources.base import Source
 
@@ -151,7 +151,7 @@ class CollectorSource(Source):
             self._last_expire = now
             exp = self.cache.expire(now)
             if len(overflow):
-                exp = np.concatenate([overflow, exp])
+                exp = join_records([overflow, exp])
             return exp
         return overflow
 
@@ -202,7 +202,7 @@ class CollectorSource(Source):
                 parts.append(recs)
         if not parts:
             return np.zeros(0, RECORD_DTYPE)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return join_records(parts)
 
     def kernel_drops(self) -> int:
         total = 0
