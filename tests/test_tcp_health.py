@@ -287,3 +287,25 @@ def test_development_captures_against_tshark(path):
     assert t["moved"] <= t["tshark_fast"], dict(t)
     assert abs(t["ours_ooo"] - t["tshark_ooo"]) <= t["tshark_fast"], dict(t)
     assert abs(t["ours_retr"] - t["tshark_retr"]) <= t["tshark_fast"], dict(t)
+
+
+def test_slices_split_the_counters_and_keep_the_latencies(generated):
+    """With a 200 ms lifetime the first connection is cut into slices: the counters of its slices
+    add up to the whole connection's, every slice carries the handshake latencies."""
+    whole = _flows_by_port(run_fastpath(generated)[0])[40000]
+    recs, _ = run_fastpath(generated, lifetime=0.2)
+    first = recs[(recs["src_port"] == 40000) & (recs["ip_version"] == 4)]
+    assert len(first) >= 3
+    for name in ("RETRANSMITTED_IN_PKTS", "RETRANSMITTED_OUT_PKTS", "RETRANSMITTED_IN_BYTES",
+                 "OOORDER_OUT_PKTS", "ZERO_WINDOW_IN_PKTS"):
+        assert sum(field_values(BY_NAME[name], first)) == whole[name], name
+    for name in ("CLIENT_NW_LATENCY_MS", "SERVER_NW_LATENCY_MS"):
+        assert set(field_values(BY_NAME[name], first)) == {whole[name]}, name
+
+
+def test_reference_twin_agrees(generated):
+    """engine/reference.py, written from DESIGN.md, gives the same records on this capture."""
+    from test_reference import assert_same
+    from corpus import capture_packets
+    assert_same(capture_packets(generated))
+    assert_same(capture_packets(generated), lifetime=0.2)
