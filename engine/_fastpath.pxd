@@ -118,7 +118,7 @@ ctypedef struct flow_t:
     uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
     uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
     uint8_t window_open
-    tcp_t tcp                    # TCP flows only (zero otherwise)
+    tcp_t tcp                    # TCP flows only (never touched for others)
 
 ctypedef struct feat_t:
     uint64_t last_us[3]          # last window packet: any direction, client, server

@@ -563,7 +563,8 @@ cdef class FlowTable:
         f.fin = 0
         f.hs = 0
         f.window_open = 0
-        memset(&f.tcp, 0, sizeof(tcp_t))
+        if f.proto == 6:                    # other flows never touch their tcp_t
+            memset(&f.tcp, 0, sizeof(tcp_t))
         self.reset_counters(f, p.ts_us)
         f.flags[0] = f.flags[1] = 0
         if self.features:
@@ -585,6 +586,8 @@ cdef class FlowTable:
         f.pkts[0] = f.pkts[1] = 0
         f.frags[0] = f.frags[1] = 0
         f.tos[0] = f.tos[1] = 0
+        if f.proto != 6:
+            return
         # the TCP counters are per slice; sequence state and latencies carry over
         f.tcp.retr_pkts[0] = f.tcp.retr_pkts[1] = 0
         f.tcp.retr_bytes[0] = f.tcp.retr_bytes[1] = 0
