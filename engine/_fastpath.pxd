@@ -80,16 +80,18 @@ ctypedef struct pkt_meta_t:
 # Times are the low 32 bits of the packet time in microseconds: only differences of less than
 # 71 minutes are taken.
 ctypedef struct tcp_t:
+    # what every segment reads first, together (one cache line more often than not)
+    uint8_t state                # TS_* bits
+    uint16_t win_max[2]          # largest advertised window, unscaled (current slice)
     uint32_t nxt[2]              # next expected sequence number (highest seq + len + SYN/FIN)
     uint32_t nxt_us[2]           # when nxt last advanced
-    uint32_t retr_pkts[2]        # counters of the current slice
+    uint32_t mark_us             # the latest SYN, then SYN-ACK, then the client's first payload
+    uint32_t rtt_us[3]           # SYN -> SYN-ACK, SYN-ACK -> ACK, request -> response
+    # counters of the current slice
+    uint32_t retr_pkts[2]
     uint32_t retr_bytes[2]
     uint32_t ooo_pkts[2]
     uint32_t zero_win[2]
-    uint32_t mark_us             # the latest SYN, then SYN-ACK, then the client's first payload
-    uint32_t rtt_us[3]           # SYN -> SYN-ACK, SYN-ACK -> ACK, request -> response
-    uint16_t win_max[2]          # largest advertised window, unscaled (current slice)
-    uint8_t state                # TS_* bits
 
 ctypedef struct flow_t:
     uint8_t a_addr[16]           # client
