@@ -309,3 +309,32 @@ def test_reference_twin_agrees(generated):
     from corpus import capture_packets
     assert_same(capture_packets(generated))
     assert_same(capture_packets(generated), lifetime=0.2)
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_over_netflow_and_back_through_the_collector(generated, version):
+    """The fields with ids go out in NetFlow v9/IPFIX (nProbe's ids) and come back into the same
+    columns through the collector, as an nProbe's export would."""
+    import socket
+    from engine.collect.collector import Collector
+    from engine.export.netflow import NetFlowExporter
+    from engine.export.templates import parse_template
+    recs, _ = run_fastpath(generated)
+    recs = recs[recs["protocol"] == 6]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    with_ids = [n for n in TCP_FIELDS if BY_NAME[n].v9 is not None]
+    tmpl = parse_template("@NTOPNG@ " + " ".join("%" + n for n in with_ids))
+    exp = NetFlowExporter([(f"127.0.0.1:{port}", ("127.0.0.1", port), socket.AF_INET)],
+                          version=version, template=tmpl)
+    exp.export(recs)
+    exp.close()
+    data = rx.recv(65535)
+    rx.close()
+    got = Collector(mode="passthrough").feed([(data, "127.0.0.1", 0.0)])
+    assert len(got) == len(recs) == 3
+    cols = ["src_port", "dst_port"] + [BY_NAME[n].column for n in with_ids]
+    assert sorted(got[cols].tolist()) == sorted(recs[cols].tolist())
+    assert got["retr_pkts_c2s"].any() and got["appl_latency_ms"].all()
