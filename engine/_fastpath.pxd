@@ -76,22 +76,17 @@ ctypedef struct pkt_meta_t:
     uint32_t linktype
     uint32_t reserved           # 0, or META_VLAN_TAG | TCI (above)
 
-# TCP health of one flow (docs/DESIGN.md, fast-path semantics), [0] client, [1] server side.
-# Times are the low 32 bits of the packet time in microseconds: only differences of less than
-# 71 minutes are taken.
+# TCP health of one flow (docs/DESIGN.md, fast-path semantics), [0] client, [1] server side;
+# with flow_t's tcp_* members. Times are the low 32 bits of the packet time in microseconds:
+# only differences of less than 71 minutes are taken.
 ctypedef struct tcp_t:
-    # what every segment reads first, together (one cache line more often than not)
-    uint8_t state                # TS_* bits
-    uint16_t win_max[2]          # largest advertised window, unscaled (current slice)
     uint32_t nxt[2]              # next expected sequence number (highest seq + len + SYN/FIN)
     uint32_t nxt_us[2]           # when nxt last advanced
     uint32_t mark_us             # the latest SYN, then SYN-ACK, then the client's first payload
     uint32_t rtt_us[3]           # SYN -> SYN-ACK, SYN-ACK -> ACK, request -> response
-    # counters of the current slice
-    uint32_t retr_pkts[2]
+    uint32_t retr_pkts[2]        # counters of the current slice
     uint32_t retr_bytes[2]
     uint32_t ooo_pkts[2]
-    uint32_t zero_win[2]
 
 ctypedef struct flow_t:
     uint8_t a_addr[16]           # client
@@ -120,7 +115,13 @@ ctypedef struct flow_t:
     uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
     uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
     uint8_t window_open
-    tcp_t tcp                    # TCP flows only (never touched for others)
+    # TCP health, TCP flows only (never touched for others); these fill flow_t to 192 bytes,
+    # three cache lines (the table is 64-byte aligned), the header and tcp_t's first part
+    # being what every segment reads
+    uint8_t tcp_state            # TS_* bits
+    uint16_t tcp_win_max[2]      # largest advertised window, unscaled (current slice)
+    uint16_t tcp_zero_win[2]     # zero-window segments (current slice, at most 65535)
+    tcp_t tcp
 
 ctypedef struct feat_t:
     uint64_t last_us[3]          # last window packet: any direction, client, server
@@ -144,7 +145,8 @@ ctypedef struct stats_t:
 
 
 cdef class FlowTable:
-    cdef flow_t* flows
+    cdef flow_t* flows               # 64-byte aligned within flows_mem
+    cdef void* flows_mem
     cdef feat_t* feats
     cdef uint32_t* slots             # hash table: flow index or NONE32
     cdef uint32_t mask

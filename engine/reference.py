@@ -536,7 +536,7 @@ class TcpHealth:
         fl, now, n = p.tcp_flags, p.ts_us, p.payload_len
         self.win_max[d] = max(self.win_max[d], p.tcp_win)
         if p.tcp_win == 0 and not fl & (SYN | FIN_F | RST_F):
-            self.zero_win[d] += 1
+            self.zero_win[d] = min(self.zero_win[d] + 1, 0xFFFF)     # 16 bits a slice
         syn_ack = fl & (SYN | ACK)
         if self.handshake != "over":
             if syn_ack == SYN and d == 0 and self.handshake in ("none", "syn"):
