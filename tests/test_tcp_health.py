@@ -338,3 +338,16 @@ def test_over_netflow_and_back_through_the_collector(generated, version):
     cols = ["src_port", "dst_port"] + [BY_NAME[n].column for n in with_ids]
     assert sorted(got[cols].tolist()) == sorted(recs[cols].tolist())
     assert got["retr_pkts_c2s"].any() and got["appl_latency_ms"].all()
+
+
+def test_json_dump_carries_them_by_name(generated):
+    """flowprobe's JSON dump (the default fields) names them, on TCP flows only."""
+    import json
+    import sys
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "-m", "engine", "-i", str(generated), "--dump-format",
+                          "json"], capture_output=True, text=True, timeout=120, cwd=ROOT).stdout
+    flows = {(f["L4_SRC_PORT"], f["L4_DST_PORT"]): f for f in map(json.loads, out.splitlines())}
+    for (sport, dport), port in (((40000, 80), 40000), ((40001, 80), 40001), ((40000, 25), 25)):
+        assert {k: flows[(sport, dport)][k] for k in EXPECTED[port]} == EXPECTED[port]
+    assert not set(TCP_FIELDS) & set(flows[(5000, 53)])
