@@ -22,9 +22,10 @@ SUBCOMMANDS: dict[str, str] = {
     "collector-parse": "bench.collector",    # collector parse rates in process (no ZeroMQ)
     "workers": "bench.workers",              # -g with 1 and 2 workers, file and live
     "relay": "bench.relay",                  # flowrelay datagrams/s, UDP -> ZeroMQ (plain, CURVE)
-    "live": "bench.live",
+    "live": "bench.live",                    # live capture on veth beside tcpdump, softflowd
+    "soak": "bench.soak",                    # a long live run: RSS and descriptors, loss
     "vs-nfcapd": "bench.vs_nfcapd",          # collector records per CPU-second beside nfcapd
-    "realistic": "bench.realistic",          # real-traffic capture: vs softflowd, CPU per format                    # live capture on veth beside tcpdump, softflowd
+    "realistic": "bench.realistic",          # real-traffic capture: vs softflowd, CPU per format
 }
 
 

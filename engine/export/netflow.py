@@ -23,7 +23,9 @@
 * Sequence numbers: v5 flows sent before this datagram, v9 datagrams sent, IPFIX data records
   sent (per destination). ``-E TYPE:ID``: v5 engine type and id, v9 source id / IPFIX observation
   domain = ID.
-* Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers.
+* Datagrams at most ``--mtu`` (default 1500) minus the IP and UDP headers. Full datagrams of one
+  template are built and sent in C (``_encode.send_datagrams``: sendmmsg(2), 64 a call); Python
+  builds only those with templates and the last, mixed one of a flush.
 * What the version cannot carry is counted, not guessed (proxy mode converts collected flows):
   ``netflow_conversion_drops`` flows not sent at all (IPv6 flows to v5, also counted as
   ``netflow_v5_ipv6_skipped``; v5/v9 flows longer than the uptime clock);
@@ -243,14 +245,28 @@ class Destination:
     templates_sent: float = -1.0
     datagrams: int = 0
     sock: Optional[socket.socket] = None
+    sockaddr: bytes = b""        # addr as struct sockaddr_in/_in6, for sendmmsg(2)
+
+    def __post_init__(self):
+        host, port = self.addr[0], self.addr[1]
+        packed = socket.inet_pton(self.family, host)
+        if self.family == socket.AF_INET6:
+            flowinfo, scope = (self.addr[2], self.addr[3]) if len(self.addr) == 4 else (0, 0)
+            self.sockaddr = struct.pack("=H", self.family) + struct.pack(
+                ">HI", port, flowinfo) + packed + struct.pack("=I", scope)
+        else:
+            self.sockaddr = struct.pack("=H", self.family) + struct.pack(">H", port) + packed \
+                + bytes(8)
 
 
 class NetFlowExporter(Exporter):
     def __init__(self, destinations: list[tuple[str, tuple, int]], *, version: int = 10,
                  template=None, template_id: int = 257, engine_type: int = 0, engine_id: int = 0,
                  mtu: int = 1500, all_destinations: bool = False, template_refresh: float = 60.0,
-                 warn=None):
+                 warn=None, c_send: bool = True):
         self.version = version
+        # False: every datagram built in Python, the reference twin tests hold the C path to
+        self.c_send = c_send and (all_destinations or len(destinations) == 1)
         self.mtu = mtu
         self.all = all_destinations
         self.refresh = template_refresh
@@ -271,7 +287,6 @@ class NetFlowExporter(Exporter):
                          "netflow_send_drops": 0, "netflow_v5_ipv6_skipped": 0,
                          "netflow_conversion_drops": 0, "netflow_values_clipped": 0,
                          "netflow_fields_not_carried": 0, "netflow_times_not_representable": 0}
-        self._narrow: list[tuple[str, int]] = []        # (column, largest value) that can clip
         self.templates: list[WireTemplate] = []
         self._pending: dict[int, _Rows] = {}
         if version != 5:
@@ -290,12 +305,6 @@ class NetFlowExporter(Exporter):
                 self.templates = [WireTemplate(template_id, 4, v4),
                                   WireTemplate(template_id + 1, 6, v6)]
             self._pending = {t.tid: _Rows(t.dtype.itemsize) for t in self.templates}
-            from engine.fields import RECORD_DTYPE
-            for w in wf:
-                col = w.field.column
-                if w.field.kind is Kind.UINT and col in (RECORD_DTYPE.names or ()) \
-                        and RECORD_DTYPE[col].itemsize > w.length:
-                    self._narrow.append((col, (1 << (8 * w.length)) - 1))
             head = V9_HEADER.size if version == 9 else IPFIX_HEADER.size
             limit = min(self._limit(d.family) for d in self.dests)
             for t in self.templates:
@@ -310,6 +319,14 @@ class NetFlowExporter(Exporter):
         """The records in groups whose times fit one v5/v9 datagram's uptime clock (IPFIX: all
         at once). A flow that alone spans more than the clock can express is counted, not sent."""
         if self.version == 10:
+            yield records
+            return
+        from engine.export._encode import time_range
+        first, last, longest = time_range(records)      # the common case in one C pass
+        base = self.base_ms
+        if longest <= MAX_SPAN_MS and (base is None and last - first <= MAX_SPAN_MS
+                                       or base is not None and first >= base
+                                       and last - base <= MAX_SPAN_MS + UPTIME_SLACK_MS):
             yield records
             return
         lo = np.minimum(records["first_ms"], records["last_ms"]).astype(np.int64)
@@ -335,8 +352,8 @@ class NetFlowExporter(Exporter):
             yield records[part]
 
     def _advance_clock(self, records: np.ndarray) -> None:
-        first = int(np.minimum(records["first_ms"], records["last_ms"]).min())
-        last = int(np.maximum(records["first_ms"], records["last_ms"]).max())
+        from engine.export._encode import time_range
+        first, last, _ = time_range(records)
         if self.base_ms is not None and (first < self.base_ms
                                          or last - self.base_ms > MAX_SPAN_MS + UPTIME_SLACK_MS):
             self.flush()              # pending records were encoded against the old base
@@ -365,18 +382,11 @@ class NetFlowExporter(Exporter):
                 self._export_v9_ipfix(group)
 
     def _export_v9_ipfix(self, records: np.ndarray) -> None:
-        if self._narrow:
-            over = np.zeros(len(records), bool)
-            for col, top in self._narrow:
-                c = records[col]
-                over |= (c.reshape(len(c), -1) > top).any(axis=1)
-            self.counters["netflow_values_clipped"] += int(over.sum())
-        fam = records["ip_version"]
+        records = np.ascontiguousarray(records)
         for t in self.templates:
-            sel = records if t.family == 0 else records[fam == t.family]
-            if len(sel):
-                self._pending[t.tid].add(t.encoder.rows(np.ascontiguousarray(sel),
-                                                        self.base_ms or 0))
+            blob, _, clipped = t.encoder.rows(records, self.base_ms or 0, t.family)
+            self._pending[t.tid].add(blob)
+            self.counters["netflow_values_clipped"] += clipped
         self.flush()         # the run loop delivers thousands of flows a call (or once a second)
 
     def _export_v5(self, records: np.ndarray) -> None:
@@ -424,8 +434,38 @@ class NetFlowExporter(Exporter):
         if self.version == 5:
             self._flush_v5()
             return
+        if self.c_send:                          # the same datagrams to every destination
+            if any(d.templates_sent < 0 or time.monotonic() - d.templates_sent >= self.refresh
+                   for d in self.dests):
+                self._flush_one(self.dests)      # the templates go first, with what fits
+            header_len = V9_HEADER.size if self.version == 9 else IPFIX_HEADER.size
+            room = min(self._limit(d.family) for d in self.dests) - header_len
+            for i, t in enumerate(self.templates):
+                # the previous kind's last records share a datagram with this kind's first ones,
+                # as the Python path packs them
+                while any(self._pending[u.tid].count for u in self.templates[:i]):
+                    self._flush_one(self.dests)
+                rows = self._pending[t.tid]
+                per = (room - SET_HEADER.size - 3) // t.dtype.itemsize
+                if rows.count >= per:            # the full datagrams of this kind, in C
+                    self._send_rows(rows, rows.count - rows.count % per, per, t.tid)
         while any(r.count for r in self._pending.values()):
             self._flush_one(self._next_dests())
+
+    def _send_rows(self, rows: _Rows, k: int, per: int, set_id: int) -> None:
+        """k pending records of one kind, ``per`` a datagram, to every destination, in C."""
+        from engine.export._encode import send_datagrams
+        blob = rows.take(k)
+        secs, uptime = self._header_time()
+        for d in self.dests:
+            assert d.sock is not None
+            sent, refused, d.sequence = send_datagrams(
+                self.version, blob, rows.size, per, set_id, secs, uptime, self.engine_type,
+                self.engine_id, d.sock.fileno(), d.sockaddr, d.sequence & 0xFFFFFFFF)
+            d.datagrams += sent
+            self.counters["netflow_datagrams"] += sent
+            self.counters["netflow_send_drops"] += refused
+        self.counters["netflow_records"] += k
 
     def _flush_one(self, dests: list[Destination]) -> None:
         """One datagram's worth of pending records to ``dests`` (templates added where due)."""
@@ -478,6 +518,8 @@ class NetFlowExporter(Exporter):
         rows = self._pending.get(0)
         per = min(V5_MAX_RECORDS, (min(self._limit(d.family) for d in self.dests)
                                    - V5_HEADER.size) // 48)
+        if rows is not None and rows.count and self.c_send:
+            self._send_rows(rows, rows.count, per, 0)
         while rows is not None and rows.count:
             k = min(per, rows.count)
             chunk = rows.take(k)

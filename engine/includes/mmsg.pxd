@@ -1,4 +1,5 @@
-# Batched datagram receive (Linux <sys/socket.h>, recvmmsg(2)); Python.h defines _GNU_SOURCE.
+# Batched datagram receive and send (Linux <sys/socket.h>, recvmmsg(2), sendmmsg(2)); Python.h
+# defines _GNU_SOURCE.
 
 
 
@@ -24,6 +25,7 @@ cdef extern from "<sys/socket.h>" nogil:
         msghdr msg_hdr
         unsigned int msg_len
     int recvmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags, void* timeout)
+    int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
     enum:
         MSG_DONTWAIT
         MSG_TRUNC

@@ -5,9 +5,11 @@
 The corpus lives in bench/work/fuzz/TARGET (not committed); it is seeded from the development
 captures and exports (../shared or FLOWPROBE_SHARED, when present) and from inputs the project
 makes itself (tools/gen_cases.py, the kept inputs in tests/fuzz/TARGET). Python code is
-instrumented for coverage; the Cython extensions are not (that needs clang's
--fsanitize=fuzzer-no-link), so in them libFuzzer mutates without coverage feedback. A crashing
-input is written as crash-* in the working directory: keep it in tests/fuzz/TARGET/.
+instrumented for coverage by atheris. The Cython extensions are too with FLOWPROBE_FUZZ_NATIVE=1
+(`tools/fuzz.sh --native`): engine is then imported from the copy tools/fuzz/build_native.sh
+built with clang's SanitizerCoverage in bench/work/fuzz/native; otherwise libFuzzer mutates
+inside them without coverage feedback, and says so in one line. A crashing input is written as
+crash-* in the working directory: keep it in tests/fuzz/TARGET/.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHARED = pathlib.Path(os.environ.get("FLOWPROBE_SHARED", ROOT.parent / "shared"))
 KEPT = ROOT / "tests" / "fuzz"
+NATIVE = ROOT / "bench" / "work" / "fuzz" / "native"
 
 
 def _captures() -> list[pathlib.Path]:
@@ -98,7 +101,20 @@ def seeds(target: str) -> list[bytes]:
     return out
 
 
+def use_native_build() -> bool:
+    """Import engine from the instrumented build, when asked. Its coverage callbacks resolve to
+    the libFuzzer that tools/fuzz.sh preloads (atheris then uses that one, not its own copy)."""
+    if os.environ.get("FLOWPROBE_FUZZ_NATIVE") != "1" or not (NATIVE / "engine").is_dir():
+        print("run.py: the C extensions are not instrumented (tools/fuzz/build_native.sh builds "
+              "them with coverage)", file=sys.stderr)
+        return False
+    sys.path.insert(0, str(NATIVE))
+    print(f"run.py: C extensions with coverage from {NATIVE}", file=sys.stderr)
+    return True
+
+
 def main() -> int:
+    use_native_build()
     import atheris
     sys.path.insert(0, str(ROOT / "tools" / "fuzz"))
     with atheris.instrument_imports(include=["engine", "targets"]):
