@@ -86,6 +86,8 @@ ctypedef struct pkt_t:
     uint32_t outer_ip_len        # total length the outermost IP header claims
     uint32_t l2_len              # bytes before the outermost IP header: the link-layer header
     const uint8_t* frame         # start of the frame, to measure l2_len
+    uint32_t tcp_seq             # TCP: sequence number and (unscaled) window of the segment
+    uint16_t tcp_win
 
 # First fragment's flow key, so that later fragments of the same datagram reach the same flow.
 ctypedef struct frag_t:
@@ -384,6 +386,8 @@ cdef inline int decode_l4(cursor_t c, uint32_t l4len, pkt_t* p, decoder_t* dec,
         p.sport = load_be16(h)
         p.dport = load_be16(h + 2)
         p.tcp_flags = h[13]
+        p.tcp_seq = load_be32(h + 4)
+        p.tcp_win = load_be16(h + 14)
     elif proto == 17 or proto == 136:
         h = cur_peek(&c, 8)
         if h == NULL:

@@ -46,6 +46,20 @@ ctypedef struct flow_record_t:
     uint8_t flow_source
     uint8_t tunnel
     uint8_t exporter_ip_version
+    # TCP health (tcp_t below), client -> server then server -> client
+    uint32_t retr_pkts_c2s
+    uint32_t retr_pkts_s2c
+    uint32_t retr_bytes_c2s
+    uint32_t retr_bytes_s2c
+    uint32_t ooo_pkts_c2s
+    uint32_t ooo_pkts_s2c
+    uint32_t zero_win_c2s
+    uint32_t zero_win_s2c
+    uint32_t client_nw_latency_ms
+    uint32_t server_nw_latency_ms
+    uint32_t appl_latency_ms
+    uint16_t win_max_c2s
+    uint16_t win_max_s2c
 
 # pkt_meta_t.reserved: a VLAN tag the capture took out of an Ethernet frame (Linux AF_PACKET
 # rings hand the outer tag over beside the frame) is META_VLAN_TAG | TCI, and wirelen counts its
@@ -61,6 +75,18 @@ ctypedef struct pkt_meta_t:
     uint32_t wirelen
     uint32_t linktype
     uint32_t reserved           # 0, or META_VLAN_TAG | TCI (above)
+
+# TCP health of one flow (docs/DESIGN.md, fast-path semantics), [0] client, [1] server side;
+# with flow_t's tcp_* members. Times are the low 32 bits of the packet time in microseconds:
+# only differences of less than 71 minutes are taken.
+ctypedef struct tcp_t:
+    uint32_t nxt[2]              # next expected sequence number (highest seq + len + SYN/FIN)
+    uint32_t nxt_us[2]           # when nxt last advanced
+    uint32_t mark_us             # the latest SYN, then SYN-ACK, then the client's first payload
+    uint32_t rtt_us[3]           # SYN -> SYN-ACK, SYN-ACK -> ACK, request -> response
+    uint32_t retr_pkts[2]        # counters of the current slice
+    uint32_t retr_bytes[2]
+    uint32_t ooo_pkts[2]
 
 ctypedef struct flow_t:
     uint8_t a_addr[16]           # client
@@ -89,6 +115,13 @@ ctypedef struct flow_t:
     uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
     uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
     uint8_t window_open
+    # TCP health, TCP flows only (never touched for others); these fill flow_t to 192 bytes,
+    # three cache lines (the table is 64-byte aligned), the header and tcp_t's first part
+    # being what every segment reads
+    uint8_t tcp_state            # TS_* bits
+    uint16_t tcp_win_max[2]      # largest advertised window, unscaled (current slice)
+    uint16_t tcp_zero_win[2]     # zero-window segments (current slice, at most 65535)
+    tcp_t tcp
 
 ctypedef struct feat_t:
     uint64_t last_us[3]          # last window packet: any direction, client, server
@@ -112,7 +145,8 @@ ctypedef struct stats_t:
 
 
 cdef class FlowTable:
-    cdef flow_t* flows
+    cdef flow_t* flows               # 64-byte aligned within flows_mem
+    cdef void* flows_mem
     cdef feat_t* feats
     cdef uint32_t* slots             # hash table: flow index or NONE32
     cdef uint32_t mask

@@ -6,7 +6,7 @@ Everything per packet runs with the GIL released; Python is crossed once per bat
 packet becomes a counted reason, never an exception. See docs/DESIGN.md for the semantics (keys,
 expiry, features).
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT32_MAX as NONE32
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t, UINT32_MAX as NONE32
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from libc.math cimport log2
@@ -37,6 +37,13 @@ cdef enum:
     TH_SYN = 0x02
     TH_RST = 0x04
     TH_ACK = 0x10
+
+cdef enum:                               # flow_t.tcp_state
+    TS_HANDSHAKE = 0x03                  # 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 over
+    TS_REQUEST = 0x04                    # the client's first payload was seen (at mark_us)
+    TS_RESPONSE = 0x08                   # ... and the server's first payload after it
+    TS_NXT = 0x10                        # 0x10 << d: nxt[d] is known
+    OOO_DEFAULT_US = 3000                # out-of-order threshold without a handshake RTT
 
 
 cdef inline uint32_t shard_of(pkt_t* p, uint32_t count) noexcept nogil:
@@ -155,6 +162,72 @@ def seq_tdiff_bin(gap_us: int) -> int:
     return tdiff_bin(gap_us)
 
 
+# --- TCP health -------------------------------------------------------------------------------
+cdef inline void tcp_health(flow_t* f, pkt_t* p, int d) noexcept nogil:
+    """One TCP segment of direction d (0 client, 1 server): windows, handshake and application
+    latency, retransmissions and out-of-order segments (docs/DESIGN.md, TCP health)."""
+    cdef tcp_t* t = &f.tcp
+    cdef uint8_t fl = p.tcp_flags
+    cdef uint32_t now = <uint32_t>p.ts_us
+    cdef uint32_t seq = p.tcp_seq, end, thres
+    cdef uint32_t seglen = p.payload_len
+    cdef uint8_t hs = f.tcp_state & TS_HANDSHAKE
+    if p.tcp_win > f.tcp_win_max[d]:
+        f.tcp_win_max[d] = p.tcp_win
+    if p.tcp_win == 0 and (fl & (TH_SYN | TH_FIN | TH_RST)) == 0 and f.tcp_zero_win[d] != 0xFFFF:
+        f.tcp_zero_win[d] += 1               # as tcp.analysis.zero_window
+    # handshake: the latest SYN, the SYN-ACK, the client's ACK; anything else ends it
+    if hs != 3:
+        if (fl & (TH_SYN | TH_ACK)) == TH_SYN and d == 0 and hs <= 1:
+            t.mark_us = now
+            hs = 1
+        elif (fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) and d == 1 and hs >= 1:
+            if hs == 1:
+                t.rtt_us[0] = now - t.mark_us
+            t.mark_us = now                  # a repeated SYN-ACK: the client answers the latest
+            hs = 2
+        elif (fl & (TH_SYN | TH_ACK)) == TH_ACK and d == 0 and hs == 2:
+            t.rtt_us[1] = now - t.mark_us
+            hs = 3
+        else:
+            hs = 3
+        f.tcp_state = (f.tcp_state & ~TS_HANDSHAKE) | hs
+    # application latency: the client's first payload, then the server's first payload
+    if hs == 3 and seglen > 0 and not (f.tcp_state & TS_RESPONSE):
+        if d == 0 and not (f.tcp_state & TS_REQUEST):
+            t.mark_us = now
+            f.tcp_state |= TS_REQUEST
+        elif d == 1 and f.tcp_state & TS_REQUEST:
+            t.rtt_us[2] = now - t.mark_us
+            f.tcp_state |= TS_RESPONSE
+    # sequence numbers, as Wireshark's tcp.analysis without its ACK tracking (DESIGN.md): a
+    # segment that occupies sequence space below the next expected number is out of order when
+    # it came within the handshake RTT (3 ms without one) of the latest advance and does not end
+    # where that one did, else a retransmission; one that starts one below (a keep-alive, or
+    # what follows a zero-window probe) is neither
+    end = seq + seglen + (1 if fl & TH_SYN else 0) + (1 if fl & TH_FIN else 0)
+    if f.tcp_state & (TS_NXT << d):
+        if ((seglen > 0 or fl & (TH_SYN | TH_FIN)) and <int32_t>(seq - t.nxt[d]) < 0 and not
+                (seq == t.nxt[d] - 1 and
+                 (seglen > 1 or (seglen == 1 and not (fl & (TH_SYN | TH_FIN | TH_RST)))))):
+            thres = t.rtt_us[0] + t.rtt_us[1] if t.rtt_us[1] else OOO_DEFAULT_US
+            if now - t.nxt_us[d] < thres and end != t.nxt[d]:
+                t.ooo_pkts[d] += 1
+            else:
+                t.retr_pkts[d] += 1
+                t.retr_bytes[d] += p.ip_bytes
+        if <int32_t>(end - t.nxt[d]) <= 0:
+            return
+    t.nxt[d] = end
+    t.nxt_us[d] = now
+    f.tcp_state |= TS_NXT << d
+
+
+cdef inline uint32_t half_ms(uint32_t us) noexcept nogil:
+    """Half a round trip in whole milliseconds, rounded."""
+    return (us + 1000) // 2000
+
+
 # --- the flow table ----------------------------------------------------------------------------
 cdef class FlowTable:
     """Flows of one capture queue: decode, account, expire, export into an owned record buffer.
@@ -180,7 +253,9 @@ cdef class FlowTable:
         self.capacity = max_flows
         self.mask = size - 1
         # calloc'd pages are only backed by memory once touched: an idle table costs little
-        self.flows = <flow_t*>calloc(max_flows, sizeof(flow_t))
+        # 64-byte aligned, so that a flow is three whole cache lines
+        self.flows_mem = calloc(<size_t>max_flows * sizeof(flow_t) + 64, 1)
+        self.flows = <flow_t*>((<size_t>self.flows_mem + 63) & ~(<size_t>63))
         self.slots = <uint32_t*>malloc(size * sizeof(uint32_t))
         self.dec.frags = <frag_t*>calloc(FRAG_SLOTS, sizeof(frag_t))
         self.dec.fragments = 0
@@ -188,7 +263,7 @@ cdef class FlowTable:
         self.feats = <feat_t*>calloc(max_flows, sizeof(feat_t)) if features else NULL
         self.pool_nchunks = (max_flows + POOL_CHUNK - 1) // POOL_CHUNK
         self.pool_chunks = <uint32_t**>calloc(self.pool_nchunks, sizeof(uint32_t*))
-        if (self.flows == NULL or self.slots == NULL or self.dec.frags == NULL or
+        if (self.flows_mem == NULL or self.slots == NULL or self.dec.frags == NULL or
                 self.pool_chunks == NULL or (features and self.feats == NULL)):
             raise MemoryError("cannot allocate a flow table of %d flows" % max_flows)
         memset(self.slots, 0xFF, size * sizeof(uint32_t))
@@ -214,7 +289,7 @@ cdef class FlowTable:
 
     def __dealloc__(self):
         cdef uint32_t i
-        free(self.flows)
+        free(self.flows_mem)
         free(self.slots)
         free(self.dec.frags)
         free(self.feats)
@@ -366,6 +441,20 @@ cdef class FlowTable:
         r.dst_tos = f.tos[1]
         r.end_reason = reason
         r.tunnel = f.tunnel
+        if f.proto == 6:
+            r.retr_pkts_c2s = f.tcp.retr_pkts[0]
+            r.retr_pkts_s2c = f.tcp.retr_pkts[1]
+            r.retr_bytes_c2s = f.tcp.retr_bytes[0]
+            r.retr_bytes_s2c = f.tcp.retr_bytes[1]
+            r.ooo_pkts_c2s = f.tcp.ooo_pkts[0]
+            r.ooo_pkts_s2c = f.tcp.ooo_pkts[1]
+            r.zero_win_c2s = f.tcp_zero_win[0]
+            r.zero_win_s2c = f.tcp_zero_win[1]
+            r.server_nw_latency_ms = half_ms(f.tcp.rtt_us[0])
+            r.client_nw_latency_ms = half_ms(f.tcp.rtt_us[1])
+            r.appl_latency_ms = (f.tcp.rtt_us[2] + 500) // 1000
+            r.win_max_c2s = f.tcp_win_max[0]
+            r.win_max_s2c = f.tcp_win_max[1]
         if self.features:
             ft = &self.feats[i]
             memcpy(r.seq_plen, ft.plen, 6 * sizeof(uint16_t))
@@ -477,6 +566,9 @@ cdef class FlowTable:
         f.fin = 0
         f.hs = 0
         f.window_open = 0
+        if f.proto == 6:                    # other flows never touch their TCP state
+            memset(&f.tcp, 0, sizeof(tcp_t))
+            f.tcp_state = 0
         self.reset_counters(f, p.ts_us)
         f.flags[0] = f.flags[1] = 0
         if self.features:
@@ -498,6 +590,14 @@ cdef class FlowTable:
         f.pkts[0] = f.pkts[1] = 0
         f.frags[0] = f.frags[1] = 0
         f.tos[0] = f.tos[1] = 0
+        if f.proto != 6:
+            return
+        # the TCP counters are per slice; sequence state and latencies carry over
+        f.tcp.retr_pkts[0] = f.tcp.retr_pkts[1] = 0
+        f.tcp.retr_bytes[0] = f.tcp.retr_bytes[1] = 0
+        f.tcp.ooo_pkts[0] = f.tcp.ooo_pkts[1] = 0
+        f.tcp_zero_win[0] = f.tcp_zero_win[1] = 0
+        f.tcp_win_max[0] = f.tcp_win_max[1] = 0
 
     cdef void features_update(self, uint32_t i, flow_t* f, pkt_t* p, int d) noexcept nogil:
         cdef feat_t* ft = &self.feats[i]
@@ -582,6 +682,8 @@ cdef class FlowTable:
             f.last_us = p.ts_us
         if self.features:
             self.features_update(i, f, p, d)
+        if p.proto == 6 and not p.is_frag:      # a fragment's segment length is not known
+            tcp_health(f, p, d)
         if p.proto == 6 and not f.closed:
             if fl & TH_RST:
                 f.closed = END_RST + 1
@@ -782,6 +884,21 @@ def record_layout() -> dict:
         "flow_source": (<size_t>&r.flow_source - base, sizeof(r.flow_source)),
         "tunnel": (<size_t>&r.tunnel - base, sizeof(r.tunnel)),
         "exporter_ip_version": (<size_t>&r.exporter_ip_version - base, sizeof(r.exporter_ip_version)),
+        "retr_pkts_c2s": (<size_t>&r.retr_pkts_c2s - base, sizeof(r.retr_pkts_c2s)),
+        "retr_pkts_s2c": (<size_t>&r.retr_pkts_s2c - base, sizeof(r.retr_pkts_s2c)),
+        "retr_bytes_c2s": (<size_t>&r.retr_bytes_c2s - base, sizeof(r.retr_bytes_c2s)),
+        "retr_bytes_s2c": (<size_t>&r.retr_bytes_s2c - base, sizeof(r.retr_bytes_s2c)),
+        "ooo_pkts_c2s": (<size_t>&r.ooo_pkts_c2s - base, sizeof(r.ooo_pkts_c2s)),
+        "ooo_pkts_s2c": (<size_t>&r.ooo_pkts_s2c - base, sizeof(r.ooo_pkts_s2c)),
+        "zero_win_c2s": (<size_t>&r.zero_win_c2s - base, sizeof(r.zero_win_c2s)),
+        "zero_win_s2c": (<size_t>&r.zero_win_s2c - base, sizeof(r.zero_win_s2c)),
+        "client_nw_latency_ms": (<size_t>&r.client_nw_latency_ms - base,
+                                 sizeof(r.client_nw_latency_ms)),
+        "server_nw_latency_ms": (<size_t>&r.server_nw_latency_ms - base,
+                                 sizeof(r.server_nw_latency_ms)),
+        "appl_latency_ms": (<size_t>&r.appl_latency_ms - base, sizeof(r.appl_latency_ms)),
+        "win_max_c2s": (<size_t>&r.win_max_c2s - base, sizeof(r.win_max_c2s)),
+        "win_max_s2c": (<size_t>&r.win_max_s2c - base, sizeof(r.win_max_s2c)),
     }
 
 

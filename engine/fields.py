@@ -74,6 +74,21 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("flow_source", "u1", 1),       # 0 packets, 1 NetFlow/IPFIX, 2 sFlow (ntopng's FLOW_SOURCE)
     ("tunnel", "u1", 1),            # TUNNELS: outermost tunnel the flow was carried in
     ("exporter_ip_version", "u1", 1),
+    # TCP health (fast path, TCP flows; DESIGN.md): per slice, except the latencies, which are
+    # the connection's
+    ("retr_pkts_c2s", "u4", 1),     # retransmitted segments, client -> server
+    ("retr_pkts_s2c", "u4", 1),
+    ("retr_bytes_c2s", "u4", 1),    # their IP-layer bytes
+    ("retr_bytes_s2c", "u4", 1),
+    ("ooo_pkts_c2s", "u4", 1),      # out-of-order segments
+    ("ooo_pkts_s2c", "u4", 1),
+    ("zero_win_c2s", "u4", 1),      # zero-window segments (the sender's receive window is full)
+    ("zero_win_s2c", "u4", 1),
+    ("client_nw_latency_ms", "u4", 1),  # (ACK - SYN-ACK) / 2
+    ("server_nw_latency_ms", "u4", 1),  # (SYN-ACK - SYN) / 2
+    ("appl_latency_ms", "u4", 1),   # client's first payload -> server's first payload after it
+    ("win_max_c2s", "u2", 1),       # largest TCP window advertised, unscaled
+    ("win_max_s2c", "u2", 1),
 ]
 
 
@@ -125,6 +140,7 @@ class Kind(enum.IntEnum):
     TUNNEL = 12         # the tunnel's name
     OUTER_VLAN = 13     # the outer (service) tag of QinQ; on NetFlow/IPFIX (dot1qVlanId) the
                         # only tag of a single-tagged flow too, where 0 would say "untagged"
+    TCP = 14            # the column as an unsigned integer; only for TCP flows
 
 
 class Form(enum.Enum):
@@ -172,6 +188,10 @@ def _is_icmp(records: np.ndarray) -> np.ndarray:
     return np.isin(records["protocol"], (1, 58))
 
 
+def _is_tcp(records: np.ndarray) -> np.ndarray:
+    return records["protocol"] == 6
+
+
 CODECS: dict[Kind, Codec] = {
     Kind.UINT: Codec(Form.NUMBER, lambda r, c: c.tolist(), netflow=lambda r, c: c),
     Kind.SEC: Codec(Form.NUMBER, lambda r, c: (c // 1000).tolist(),
@@ -198,6 +218,7 @@ CODECS: dict[Kind, Codec] = {
     Kind.TUNNEL: Codec(Form.TEXT, lambda r, c: [TUNNELS[v] for v in c.tolist()]),
     Kind.OUTER_VLAN: Codec(Form.NUMBER, lambda r, c: c.tolist(),
                            netflow=lambda r, c: np.where(c != 0, c, r["vlan"])),
+    Kind.TCP: Codec(Form.NUMBER, lambda r, c: c.tolist(), _is_tcp, lambda r, c: c),
 }
 
 
@@ -288,6 +309,33 @@ FIELDS: list[Field] = [
     _f("SEQ_TDIFF_CLIENT", None, "seq_tdiff_c2s", K.BINS, 0, "inter-arrival bins, client packets"),
     _f("SEQ_TDIFF_SERVER", None, "seq_tdiff_s2c", K.BINS, 0, "inter-arrival bins, server packets"),
     _f("TUNNEL_TYPE", None, "tunnel", K.TUNNEL, 0, "outermost tunnel the flow was carried in"),
+    # TCP health (ids: nProbe's element list; the zero-window counts have none, name only)
+    _f("RETRANSMITTED_IN_PKTS", NTOP_BASE_ID + 109, "retr_pkts_c2s", K.TCP, 4,
+       "retransmitted TCP segments client to server"),
+    _f("RETRANSMITTED_OUT_PKTS", NTOP_BASE_ID + 110, "retr_pkts_s2c", K.TCP, 4,
+       "retransmitted TCP segments server to client"),
+    _f("OOORDER_IN_PKTS", NTOP_BASE_ID + 111, "ooo_pkts_c2s", K.TCP, 4,
+       "out-of-order TCP segments client to server"),
+    _f("OOORDER_OUT_PKTS", NTOP_BASE_ID + 112, "ooo_pkts_s2c", K.TCP, 4,
+       "out-of-order TCP segments server to client"),
+    _f("CLIENT_NW_LATENCY_MS", NTOP_BASE_ID + 123, "client_nw_latency_ms", K.TCP, 4,
+       "network latency client <-> probe: handshake (ACK - SYN-ACK) / 2, ms"),
+    _f("SERVER_NW_LATENCY_MS", NTOP_BASE_ID + 124, "server_nw_latency_ms", K.TCP, 4,
+       "network latency probe <-> server: handshake (SYN-ACK - SYN) / 2, ms"),
+    _f("APPL_LATENCY_MS", NTOP_BASE_ID + 125, "appl_latency_ms", K.TCP, 4,
+       "application latency: client's first payload to the server's first payload after it, ms"),
+    _f("RETRANSMITTED_IN_BYTES", NTOP_BASE_ID + 127, "retr_bytes_c2s", K.TCP, 4,
+       "IP bytes of the retransmitted TCP segments client to server"),
+    _f("RETRANSMITTED_OUT_BYTES", NTOP_BASE_ID + 128, "retr_bytes_s2c", K.TCP, 4,
+       "IP bytes of the retransmitted TCP segments server to client"),
+    _f("TCP_WIN_MAX_IN", NTOP_BASE_ID + 416, "win_max_c2s", K.TCP, 2,
+       "largest TCP window client to server (unscaled)"),
+    _f("TCP_WIN_MAX_OUT", NTOP_BASE_ID + 420, "win_max_s2c", K.TCP, 2,
+       "largest TCP window server to client (unscaled)"),
+    _f("ZERO_WINDOW_IN_PKTS", None, "zero_win_c2s", K.TCP, 0,
+       "TCP segments client to server advertising a zero window"),
+    _f("ZERO_WINDOW_OUT_PKTS", None, "zero_win_s2c", K.TCP, 0,
+       "TCP segments server to client advertising a zero window"),
 ]
 del K
 
@@ -314,7 +362,8 @@ def unregister(name: str) -> None:
     if field.v9 is not None:
         del BY_V9[field.v9]
 
-# The fields a plain dump shows (and the -T default): the flow key, counters, times, features.
+# The fields a plain dump shows (and the -T default): the flow key, counters, times, features,
+# TCP health.
 DEFAULT_TEMPLATE: tuple[str, ...] = (
     "IPV4_SRC_ADDR", "IPV4_DST_ADDR", "IPV6_SRC_ADDR", "IPV6_DST_ADDR", "L4_SRC_PORT", "L4_DST_PORT",
     "PROTOCOL", "IP_PROTOCOL_VERSION", "SRC_VLAN", "DOT1Q_SRC_VLAN", "ICMP_TYPE",
@@ -324,6 +373,10 @@ DEFAULT_TEMPLATE: tuple[str, ...] = (
     "FLOW_END_REASON", "TUNNEL_TYPE",
     "SEQ_PLEN", "SEQ_TDIFF", "SEQ_PLEN_CLIENT", "SEQ_PLEN_SERVER", "SEQ_TDIFF_CLIENT",
     "SEQ_TDIFF_SERVER", "ENTROPY_CLIENT_BYTES", "ENTROPY_SERVER_BYTES",
+    "RETRANSMITTED_IN_PKTS", "RETRANSMITTED_OUT_PKTS", "RETRANSMITTED_IN_BYTES",
+    "RETRANSMITTED_OUT_BYTES", "OOORDER_IN_PKTS", "OOORDER_OUT_PKTS", "ZERO_WINDOW_IN_PKTS",
+    "ZERO_WINDOW_OUT_PKTS", "TCP_WIN_MAX_IN", "TCP_WIN_MAX_OUT", "CLIENT_NW_LATENCY_MS",
+    "SERVER_NW_LATENCY_MS", "APPL_LATENCY_MS",
 )
 
 

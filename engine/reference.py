@@ -98,6 +98,8 @@ class Packet:
     l4_hdr: int = 0               # its transport header length by the header fields
     l2_len: Optional[int] = None  # bytes before the outermost IP header
     outer_ip_len: int = 0         # total length the outermost IP header claims
+    tcp_seq: int = 0
+    tcp_win: int = 0
 
     def set_tunnel(self, kind: int) -> None:
         if self.tunnel == T_NONE:   # the outermost tunnel is the one recorded
@@ -274,6 +276,7 @@ class Decoder:
             if hl < 20:
                 raise Drop(BAD_L4)
             p.sport, p.dport, p.tcp_flags = _be16(d, 0), _be16(d, 2), d[13]
+            p.tcp_seq, p.tcp_win = struct.unpack_from("!I", d, 4)[0], _be16(d, 14)
         elif proto in (17, 136):
             _need(d, 8)
             hl = 8
@@ -500,6 +503,85 @@ class Features:
         return self.entropy if self.entropy is not None else [entropy_x1000(h) for h in self.hist]
 
 
+U32 = 1 << 32
+
+
+def _before(a: int, b: int) -> bool:
+    """Sequence number a comes before b (RFC 1982 serial arithmetic on 32 bits)."""
+    return (a - b) % U32 >= 1 << 31
+
+
+@dataclass
+class TcpHealth:
+    """TCP health of one flow (DESIGN.md): [0] client, [1] server side. Times are taken modulo
+    2^32 microseconds, as the fast path keeps them."""
+    handshake: str = "none"       # none, syn, synack, over
+    mark: int = 0                 # the latest SYN, then SYN-ACK, then the client's first payload
+    rtt: list = field(default_factory=lambda: [0, 0, 0])   # SYN->SYN-ACK, SYN-ACK->ACK, appl.
+    request: bool = False
+    response: bool = False
+    nxt: list = field(default_factory=lambda: [None, None])
+    nxt_at: list = field(default_factory=lambda: [0, 0])
+    retr_pkts: list = field(default_factory=lambda: [0, 0])
+    retr_bytes: list = field(default_factory=lambda: [0, 0])
+    ooo: list = field(default_factory=lambda: [0, 0])
+    zero_win: list = field(default_factory=lambda: [0, 0])
+    win_max: list = field(default_factory=lambda: [0, 0])
+
+    def new_slice(self) -> None:
+        for name in ("retr_pkts", "retr_bytes", "ooo", "zero_win", "win_max"):
+            setattr(self, name, [0, 0])
+
+    def segment(self, p: Packet, d: int, ip_bytes: int) -> None:
+        fl, now, n = p.tcp_flags, p.ts_us, p.payload_len
+        self.win_max[d] = max(self.win_max[d], p.tcp_win)
+        if p.tcp_win == 0 and not fl & (SYN | FIN_F | RST_F):
+            self.zero_win[d] = min(self.zero_win[d] + 1, 0xFFFF)     # 16 bits a slice
+        syn_ack = fl & (SYN | ACK)
+        if self.handshake != "over":
+            if syn_ack == SYN and d == 0 and self.handshake in ("none", "syn"):
+                self.handshake, self.mark = "syn", now
+            elif syn_ack == SYN | ACK and d == 1 and self.handshake in ("syn", "synack"):
+                if self.handshake == "syn":
+                    self.rtt[0] = (now - self.mark) % U32
+                self.handshake, self.mark = "synack", now
+            elif syn_ack == ACK and d == 0 and self.handshake == "synack":
+                self.handshake, self.rtt[1] = "over", (now - self.mark) % U32
+            else:
+                self.handshake = "over"
+        if self.handshake == "over" and n > 0 and not self.response:
+            if d == 0 and not self.request:
+                self.request, self.mark = True, now
+            elif d == 1 and self.request:
+                self.response, self.rtt[2] = True, (now - self.mark) % U32
+        seq = p.tcp_seq
+        end = (seq + n + bool(fl & SYN) + bool(fl & FIN_F)) % U32
+        nxt = self.nxt[d]
+        if nxt is not None:
+            occupies = n > 0 or fl & (SYN | FIN_F)
+            one_below = seq == (nxt - 1) % U32 and (n > 1 or n == 1 and not fl & (SYN | FIN_F | RST_F))
+            if occupies and _before(seq, nxt) and not one_below:
+                irtt = (self.rtt[0] + self.rtt[1]) % U32 if self.rtt[1] else 3000
+                if (now - self.nxt_at[d]) % U32 < irtt and end != nxt:
+                    self.ooo[d] += 1
+                else:
+                    self.retr_pkts[d] += 1
+                    self.retr_bytes[d] += ip_bytes
+            if end == nxt or _before(end, nxt):
+                return
+        self.nxt[d], self.nxt_at[d] = end, now % U32
+
+    def columns(self) -> dict:
+        return dict(retr_pkts_c2s=self.retr_pkts[0], retr_pkts_s2c=self.retr_pkts[1],
+                    retr_bytes_c2s=self.retr_bytes[0], retr_bytes_s2c=self.retr_bytes[1],
+                    ooo_pkts_c2s=self.ooo[0], ooo_pkts_s2c=self.ooo[1],
+                    zero_win_c2s=self.zero_win[0], zero_win_s2c=self.zero_win[1],
+                    server_nw_latency_ms=(self.rtt[0] + 1000) // 2000,
+                    client_nw_latency_ms=(self.rtt[1] + 1000) // 2000,
+                    appl_latency_ms=(self.rtt[2] + 500) // 1000,
+                    win_max_c2s=self.win_max[0], win_max_s2c=self.win_max[1])
+
+
 @dataclass
 class Flow:
     key: tuple
@@ -526,10 +608,12 @@ class Flow:
     hs: str = "none"              # TCP handshake: none, syn, synack, done
     window_open: bool = False
     feat: Features = field(default_factory=Features)
+    tcp: TcpHealth = field(default_factory=TcpHealth)
 
     def new_slice(self, ts: int) -> None:
         self.first_us = self.last_us = ts
         self.pkts, self.bytes, self.frags, self.tos = [0, 0], [0, 0], [0, 0], [0, 0]
+        self.tcp.new_slice()
 
 
 def flow_key(p: Packet) -> tuple:
@@ -618,6 +702,8 @@ class ReferenceTable:
         f.last_us = max(f.last_us, ts)
         if self.features:
             self.features_update(f, p, d)
+        if p.proto == 6 and not p.is_frag:
+            f.tcp.segment(p, d, ip_bytes)
         if p.proto == 6 and f.closed is None:
             if p.tcp_flags & RST_F:
                 f.closed = RST
@@ -684,6 +770,8 @@ class ReferenceTable:
                  protocol=f.proto, client_tcp_flags=f.flags[0], server_tcp_flags=f.flags[1],
                  src_tos=f.tos[0], dst_tos=f.tos[1], end_reason=reason, tunnel=f.tunnel)
         r["exporter_addr"] = [0] * 16
+        if f.proto == 6:
+            r.update(f.tcp.columns())
         if self.features:
             ft = f.feat
             for k, suffix in enumerate(("", "_c2s", "_s2c")):

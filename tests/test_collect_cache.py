@@ -32,6 +32,12 @@ def records(rng: np.random.Generator, n: int, hosts: int, ports: int) -> np.ndar
     r["first_ms"] = rng.integers(0, 1 << 41, n)
     r["last_ms"] = r["first_ms"] + rng.integers(0, 100000, n)
     r["input_snmp"] = rng.integers(0, 9, n)
+    for c in ("retr_pkts_c2s", "retr_pkts_s2c", "retr_bytes_c2s", "retr_bytes_s2c",
+              "ooo_pkts_c2s", "ooo_pkts_s2c", "zero_win_c2s", "zero_win_s2c",
+              "client_nw_latency_ms", "server_nw_latency_ms", "appl_latency_ms"):
+        r[c] = rng.integers(0, 1 << 32, n)
+    r["win_max_c2s"] = rng.integers(0, 1 << 16, n)
+    r["win_max_s2c"] = rng.integers(0, 1 << 16, n)
     return r
 
 

@@ -41,6 +41,10 @@ def records(tmp_path_factory):
     recs["input_snmp"][::3] = 70000
     recs["first_ms"][::11] += 5000
     recs["tunnel"][::13] = 2
+    # TCP health on every flow: only TCP flows carry it
+    recs["retr_pkts_s2c"][::2] = 3
+    recs["appl_latency_ms"][1::3] = 2 ** 32 - 1
+    recs["win_max_c2s"][::4] = 65535
     return recs
 
 

@@ -309,10 +309,21 @@ def tcp_conversations(draw):
             steps += [(draw(st.booleans()), 0x14, b"")]
         if draw(st.booleans()):
             steps += [(False, 0x02, b""), (True, 0x12, b""), (False, 0x18, b"x" * 10)]
+        # sequence numbers (near the 32-bit wrap too) that mostly advance, sometimes step back
+        # or repeat, and windows, for the TCP health rules (retransmission, out of order...)
+        nxt = [draw(st.sampled_from([1, 2**32 - 100, draw(st.integers(0, 2**32 - 1))]))
+               for _ in range(2)]
         for reverse, flags, payload in steps:
             ts += draw(GAPS)
+            how = draw(st.sampled_from(["next", "next", "next", "back", "one_below", "same"]))
+            seq = {"next": nxt[reverse], "same": nxt[reverse], "one_below": nxt[reverse] - 1,
+                   "back": nxt[reverse] - draw(st.integers(1, 3000))}[how] % 2**32
+            if how == "next":
+                nxt[reverse] = (seq + len(payload) + bool(flags & 0x02) + bool(flags & 0x01)) % 2**32
+            win = draw(st.sampled_from([65535, 65535, 0, 512]))
             ip = ip_bytes(spec, reverse, tcp(*((spec["dport"], spec["sport"]) if reverse else
-                                               (spec["sport"], spec["dport"])), flags, payload))
+                                               (spec["sport"], spec["dport"])), flags, payload,
+                                             seq=seq, win=win))
             frame, lt = frame_bytes(spec, ip, reverse)
             out.append((ts, frame, len(frame), lt))
     return out

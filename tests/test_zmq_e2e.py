@@ -103,6 +103,12 @@ def check_stream(msgs, dumped, source_id=0):
     assert len(flows) == len(dumped)
     for key in ("IN_BYTES", "OUT_BYTES", "IN_PKTS", "OUT_PKTS"):
         assert sum(f[key] for f in flows) == sum(d[key] for d in dumped), key
+    # the TCP health fields of @NTOPNG@ (TCP flows only) as the dump has them
+    for key in ("RETRANSMITTED_IN_PKTS", "RETRANSMITTED_OUT_PKTS", "OOORDER_IN_PKTS",
+                "OOORDER_OUT_PKTS", "CLIENT_NW_LATENCY_MS", "SERVER_NW_LATENCY_MS",
+                "APPL_LATENCY_MS", "TCP_WIN_MAX_IN", "TCP_WIN_MAX_OUT"):
+        assert sum(f.get(key, 0) for f in flows) == sum(d.get(key, 0) for d in dumped), key
+        assert sum(key in f for f in flows) == sum(d["PROTOCOL"] == 6 for d in dumped), key
     assert last["packets"] >= sum(d["IN_PKTS"] + d["OUT_PKTS"] for d in dumped)
     return flows, events
 

@@ -32,6 +32,7 @@ void ndpi_term_serializer(ndpi_serializer *s);
 int ndpi_serialize_uint32_uint64(ndpi_serializer *s, uint32_t key, uint64_t value);
 int ndpi_serialize_uint32_string(ndpi_serializer *s, uint32_t key, const char *value);
 int ndpi_serialize_string_string(ndpi_serializer *s, const char *key, const char *value);
+int ndpi_serialize_string_uint64(ndpi_serializer *s, const char *key, uint64_t value);
 int ndpi_serialize_end_of_record(ndpi_serializer *s);
 char *ndpi_serializer_get_buffer(ndpi_serializer *s, uint32_t *len);
 """
@@ -119,7 +120,9 @@ def ndpi_encode(ffi, lib, rows: list[dict]) -> bytes:
     try:
         for row in rows:
             for k, v in row.items():
-                if isinstance(k, str):
+                if isinstance(k, str) and isinstance(v, int):    # a name-only number
+                    lib.ndpi_serialize_string_uint64(s, k.encode(), v)
+                elif isinstance(k, str):
                     lib.ndpi_serialize_string_string(s, k.encode(), str(v).encode())
                 elif isinstance(v, int):
                     lib.ndpi_serialize_uint32_uint64(s, k, v)
@@ -266,10 +269,15 @@ WIRE_IDS = {
     "DST_FRAGMENTS": 57553, "NPROBE_IPV4_ADDRESS": 57943, "SEQ_PLEN": 57974,
     "ENTROPY_CLIENT_BYTES": 57975, "ENTROPY_SERVER_BYTES": 57976, "SEQ_TDIFF": 57977,
     "FLOW_SOURCE": 58051, "UNIQUE_SOURCE_ID": 58061,
+    "RETRANSMITTED_IN_PKTS": 57581, "RETRANSMITTED_OUT_PKTS": 57582, "OOORDER_IN_PKTS": 57583,
+    "OOORDER_OUT_PKTS": 57584, "CLIENT_NW_LATENCY_MS": 57595, "SERVER_NW_LATENCY_MS": 57596,
+    "APPL_LATENCY_MS": 57597, "TCP_WIN_MAX_IN": 57888, "TCP_WIN_MAX_OUT": 57892,
+    # not in the document's tables: nProbe's element list (ntop elements 127 and 128)
+    "RETRANSMITTED_IN_BYTES": 57599, "RETRANSMITTED_OUT_BYTES": 57600,
 }
 # exported by name (no id in any table): TLV string keys, no NetFlow/IPFIX element
 BY_NAME_ONLY = {"SEQ_PLEN_CLIENT", "SEQ_PLEN_SERVER", "SEQ_TDIFF_CLIENT", "SEQ_TDIFF_SERVER",
-                "TUNNEL_TYPE"}
+                "TUNNEL_TYPE", "ZERO_WINDOW_IN_PKTS", "ZERO_WINDOW_OUT_PKTS"}
 
 
 def test_every_field_has_the_documents_wire_id():
@@ -300,6 +308,9 @@ def test_wire_ids_in_the_bytes(ndpi):
     enc = FlowEncoder("tlv", tmpl, tmpl.constants({"UNIQUE_SOURCE_ID": 9}))
     v4, v6 = ndpi_decode(ffi, lib, enc.payload(enc.encode(rec)))
     want = {WIRE_IDS[n] if n in WIRE_IDS else n for n in names} | {58061}
+    # the TCP health fields are only on TCP flows
+    from engine.fields import BY_NAME, Kind
+    want -= {WIRE_IDS.get(n, n) for n in names if n in BY_NAME and BY_NAME[n].kind is Kind.TCP}
     assert set(v4) == want - {27, 28, 131}
     assert set(v6) == want - {8, 12, 130}
 
@@ -350,19 +361,19 @@ def tiny_capture(path):
     c, s = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     packets = []
 
-    def seg(ms, d, flags, payload=b""):
+    def seg(ms, d, flags, seq, payload=b""):
         a, b, sp, dp = (c, s, 40000, 80) if d == 0 else (s, c, 80, 40000)
-        f = eth(ipv4(a, b, 6, tcp(sp, dp, flags, payload)), vlans=(10,),
+        f = eth(ipv4(a, b, 6, tcp(sp, dp, flags, payload, seq=seq)), vlans=(10,),
                 src=(C_MAC, S_MAC)[d], dst=(S_MAC, C_MAC)[d])
         packets.append((T0 + ms * MS, f, len(f)))
-    seg(0, 0, 0x02)
-    seg(10, 1, 0x12)
-    seg(20, 0, 0x10)
-    seg(30, 0, 0x18, b"a" * 100)
-    seg(50, 1, 0x18, b"b" * 300)
-    seg(1000, 0, 0x11)
-    seg(1010, 1, 0x11)
-    seg(1020, 0, 0x10)
+    seg(0, 0, 0x02, 100)
+    seg(10, 1, 0x12, 500)
+    seg(20, 0, 0x10, 101)
+    seg(30, 0, 0x18, 101, b"a" * 100)
+    seg(50, 1, 0x18, 501, b"b" * 300)
+    seg(1000, 0, 0x11, 201)
+    seg(1010, 1, 0x11, 801)
+    seg(1020, 0, 0x10, 202)
     c6 = bytes.fromhex("20010db8000000000000000000000001")
     s6 = bytes.fromhex("20010db8000000000000000000000002")
     f = eth(ipv6(c6, s6, 17, udp(5353, 53, b"q" * 30), tclass=0x28), 0x86DD)
@@ -379,7 +390,11 @@ TINY_FLOWS = [
     {56: MAC_C, 57: MAC_S, 80: MAC_S, 81: MAC_C, 58: 10, 243: 0, 8: "10.0.0.1",
      12: "10.0.0.2", 7: 40000, 11: 80, 60: 4, 4: 6, 1: 300, 2: 5, 23: 420, 24: 3,
      22: 1767225600, 21: 1767225601, 6: 0x1B, 57550: 0x1B, 57551: 0x1B, 5: 0, 55: 0,
-     57552: 0, 57553: 0, 10: 0, 14: 0, 58051: 0},
+     57552: 0, 57553: 0, 10: 0, 14: 0, 58051: 0,
+     # TCP health: nothing repeated or reordered; handshake (10 - 0) / 2 and (20 - 10) / 2 ms,
+     # request at 30 ms, response at 50 ms; every window 65535
+     57581: 0, 57582: 0, 57583: 0, 57584: 0, 57595: 5, 57596: 5, 57597: 20, 57888: 65535,
+     57892: 65535},
     # 40 + 8 + 30 and 40 + 8 + 100 bytes; traffic class 0x28 from the client
     {56: MAC_C, 57: MAC_S, 80: MAC_S, 81: MAC_C, 58: 0, 243: 0, 27: "2001:db8::1",
      28: "2001:db8::2", 7: 5353, 11: 53, 60: 6, 4: 17, 1: 78, 2: 1, 23: 148, 24: 1,

@@ -109,10 +109,11 @@ def frag6(offset: int, more: bool, ident: int) -> tuple:
     return (44, struct.pack("!BHI", 0, offset | (1 if more else 0), ident))
 
 
-def tcp(sport, dport, flags, payload=b"", options=b"", seq=1, ack=0, offset=None) -> bytes:
+def tcp(sport, dport, flags, payload=b"", options=b"", seq=1, ack=0, offset=None,
+        win=65535) -> bytes:
     hl = 20 + len(options)
     words = hl // 4 if offset is None else offset
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, words << 4, flags, 65535, 0,
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, words << 4, flags, win, 0,
                        0) + options + payload
 
 

@@ -215,6 +215,18 @@ cdef class FlowCache:
                 st.in_pkts += r.out_pkts
                 st.client_tcp_flags |= r.server_tcp_flags
                 st.server_tcp_flags |= r.client_tcp_flags
+                st.retr_pkts_c2s += r.retr_pkts_s2c
+                st.retr_pkts_s2c += r.retr_pkts_c2s
+                st.retr_bytes_c2s += r.retr_bytes_s2c
+                st.retr_bytes_s2c += r.retr_bytes_c2s
+                st.ooo_pkts_c2s += r.ooo_pkts_s2c
+                st.ooo_pkts_s2c += r.ooo_pkts_c2s
+                st.zero_win_c2s += r.zero_win_s2c
+                st.zero_win_s2c += r.zero_win_c2s
+                st.win_max_c2s = max(st.win_max_c2s, r.win_max_s2c)
+                st.win_max_s2c = max(st.win_max_s2c, r.win_max_c2s)
+                st.client_nw_latency_ms = max(st.client_nw_latency_ms, r.server_nw_latency_ms)
+                st.server_nw_latency_ms = max(st.server_nw_latency_ms, r.client_nw_latency_ms)
             else:
                 st.in_bytes += r.in_bytes
                 st.in_pkts += r.in_pkts
@@ -222,6 +234,21 @@ cdef class FlowCache:
                 st.out_pkts += r.out_pkts
                 st.client_tcp_flags |= r.client_tcp_flags
                 st.server_tcp_flags |= r.server_tcp_flags
+                st.retr_pkts_c2s += r.retr_pkts_c2s
+                st.retr_pkts_s2c += r.retr_pkts_s2c
+                st.retr_bytes_c2s += r.retr_bytes_c2s
+                st.retr_bytes_s2c += r.retr_bytes_s2c
+                st.ooo_pkts_c2s += r.ooo_pkts_c2s
+                st.ooo_pkts_s2c += r.ooo_pkts_s2c
+                st.zero_win_c2s += r.zero_win_c2s
+                st.zero_win_s2c += r.zero_win_s2c
+                st.win_max_c2s = max(st.win_max_c2s, r.win_max_c2s)
+                st.win_max_s2c = max(st.win_max_s2c, r.win_max_s2c)
+                st.client_nw_latency_ms = max(st.client_nw_latency_ms, r.client_nw_latency_ms)
+                st.server_nw_latency_ms = max(st.server_nw_latency_ms, r.server_nw_latency_ms)
+            # TCP health: counters add up, windows and latencies (one connection's, the same in
+            # every slice) take the largest
+            st.appl_latency_ms = max(st.appl_latency_ms, r.appl_latency_ms)
             st.first_ms = min(st.first_ms, r.first_ms)
             st.last_ms = max(st.last_ms, r.last_ms)
             self.slots[s].updated = now

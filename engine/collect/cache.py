@@ -119,6 +119,17 @@ class FlowCache:
             fc, fs = r["client_tcp_flags"], r["server_tcp_flags"]
             np.bitwise_or.at(st["client_tcp_flags"], ms, np.where(rev, fs, fc))
             np.bitwise_or.at(st["server_tcp_flags"], ms, np.where(rev, fc, fs))
+            # TCP health: counters add up (the sides swapped for a reverse record), windows and
+            # latencies (one connection's, the same in every slice) take the largest
+            for a, b, op in (("retr_pkts_c2s", "retr_pkts_s2c", np.add),
+                             ("retr_bytes_c2s", "retr_bytes_s2c", np.add),
+                             ("ooo_pkts_c2s", "ooo_pkts_s2c", np.add),
+                             ("zero_win_c2s", "zero_win_s2c", np.add),
+                             ("win_max_c2s", "win_max_s2c", np.maximum),
+                             ("client_nw_latency_ms", "server_nw_latency_ms", np.maximum)):
+                op.at(st[a], ms, np.where(rev, r[b], r[a]))
+                op.at(st[b], ms, np.where(rev, r[a], r[b]))
+            np.maximum.at(st["appl_latency_ms"], ms, r["appl_latency_ms"])
             np.minimum.at(st["first_ms"], ms, r["first_ms"])
             np.maximum.at(st["last_ms"], ms, r["last_ms"])
             self.stats["cache_merged"] += int(merge.sum())

@@ -24,7 +24,7 @@ SAMPLING_ELEMENTS = _SAMPLING | {306}
 # (None: any). Times, ICMP type/code pairs, sampling and the init time are not plain fields:
 # convert() handles those elements itself.
 _DECODES = {Kind.UINT: ("int", None), Kind.FLAGS_OR: ("int", None), Kind.ICMP: ("icmp", None),
-            Kind.OUTER_VLAN: ("int", None),
+            Kind.OUTER_VLAN: ("int", None), Kind.TCP: ("int", None),
             Kind.IPV4: ("ipv4", 4), Kind.IPV6: ("ipv6", 16), Kind.EXPORTER_V4: ("exp4", 4),
             Kind.EXPORTER_V6: ("exp6", 16), Kind.MAC: ("mac", 6)}
 

@@ -43,6 +43,7 @@ cdef enum:
     K_END_REASON
     K_TUNNEL
     K_OUTER_VLAN
+    K_TCP
 
 
 def _check_kinds():
@@ -50,7 +51,7 @@ def _check_kinds():
     ours = {"UINT": K_UINT, "SEC": K_SEC, "MS": K_MS, "FLAGS_OR": K_FLAGS_OR, "IPV4": K_IPV4,
             "IPV6": K_IPV6, "EXPORTER_V4": K_EXP_V4, "EXPORTER_V6": K_EXP_V6, "MAC": K_MAC,
             "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL,
-            "OUTER_VLAN": K_OUTER_VLAN}
+            "OUTER_VLAN": K_OUTER_VLAN, "TCP": K_TCP}
     if ours != {k.name: k.value for k in Kind}:
         raise ImportError("engine.export._encode: value kinds out of step with engine.fields.Kind "
                           "(rebuild the extension)")
@@ -357,6 +358,10 @@ cdef class Encoder:
             v[0] = read_uint(rec, s.off, s.size)
         elif k == K_END_REASON:
             v[0] = self.end_reason_code[rec[s.off] & 15]
+        elif k == K_TCP:
+            if rec[self.off_proto] != 6:
+                return -1
+            v[0] = read_uint(rec, s.off, s.size)
         else:
             return -1
         return 0
@@ -448,6 +453,8 @@ cdef class Encoder:
             s = &self.specs[j]
             if s.kind == K_ICMP:
                 count += rec[self.off_proto] == 1 or rec[self.off_proto] == 58
+            elif s.kind == K_TCP:
+                count += rec[self.off_proto] == 6
             elif s.kind == K_IPV4 or s.kind == K_IPV6:
                 count += rec[self.off_ipver] == (4 if s.kind == K_IPV4 else 6)
             elif s.kind == K_EXP_V4 or s.kind == K_EXP_V6:
@@ -875,6 +882,8 @@ cdef class WireEncoder:
                 v = read_uint(rec, s.off, s.size) if applies else 0
             elif s.kind == K_END_REASON:
                 v = self.end_reason_code[rec[s.off] & 15]
+            elif s.kind == K_TCP:
+                v = read_uint(rec, s.off, s.size) if rec[self.off_proto] == 6 else 0
             else:
                 numeric = False
                 if s.kind == K_IPV4 or s.kind == K_IPV6:
