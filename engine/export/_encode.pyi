@@ -21,6 +21,10 @@ class Encoder:
     def csv_lines(self, records: np.ndarray) -> bytes: ...
 
 @final
+class L7Names:
+    def __init__(self, dtype: np.dtype, names: bool) -> None: ...
+
+@final
 class WireEncoder:
     rowsize: int
     def __init__(self, fields: Sequence[tuple[Any, int, bool]], dtype: np.dtype) -> None: ...

@@ -43,6 +43,8 @@ cdef enum:
     K_END_REASON
     K_TUNNEL
     K_OUTER_VLAN
+    K_L7_PROTO
+    K_L7_NAME
 
 
 def _check_kinds():
@@ -50,7 +52,7 @@ def _check_kinds():
     ours = {"UINT": K_UINT, "SEC": K_SEC, "MS": K_MS, "FLAGS_OR": K_FLAGS_OR, "IPV4": K_IPV4,
             "IPV6": K_IPV6, "EXPORTER_V4": K_EXP_V4, "EXPORTER_V6": K_EXP_V6, "MAC": K_MAC,
             "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL,
-            "OUTER_VLAN": K_OUTER_VLAN}
+            "OUTER_VLAN": K_OUTER_VLAN, "L7_PROTO": K_L7_PROTO, "L7_NAME": K_L7_NAME}
     if ours != {k.name: k.value for k in Kind}:
         raise ImportError("engine.export._encode: value kinds out of step with engine.fields.Kind "
                           "(rebuild the extension)")
@@ -162,6 +164,66 @@ cdef inline void put_uint_text(buf_t* b, uint64_t v) noexcept:
     b.n += utoa(v, b.p + b.n)
 
 
+@cython.final
+cdef class L7Names:
+    """nDPI's protocol names (engine.fields.l7_names) as C strings, and the two L7 texts of a
+    record: "M.A" / "A" ids and "Master.App" / "App" names (master 0: one protocol)."""
+    cdef object names            # bytes objects, which own the texts
+    cdef const char** text
+    cdef int* length
+    cdef int count
+    cdef int off_master, off_app
+
+    def __cinit__(self, dtype, bint names):
+        """``names``: load nDPI's names (a detection module is built once per process for
+        them), for a template with L7_PROTO_NAME."""
+        from engine.fields import l7_names
+        cdef int i
+        self.names = [n.encode() for n in l7_names()] if names else []
+        self.count = len(self.names)
+        self.text = <const char**>malloc(max(self.count, 1) * sizeof(char*))
+        self.length = <int*>malloc(max(self.count, 1) * sizeof(int))
+        if self.text == NULL or self.length == NULL:
+            raise MemoryError()
+        for i in range(self.count):
+            self.text[i] = <const char*>(<bytes>self.names[i])
+            self.length[i] = len(self.names[i])
+        self.off_master = dtype.fields["l7_master"][1]
+        self.off_app = dtype.fields["l7_app"][1]
+
+    def __dealloc__(self):
+        free(self.text)
+        free(self.length)
+
+    cdef inline int name(self, uint16_t id, char* out) noexcept nogil:
+        if id < self.count:
+            memcpy(out, self.text[id], self.length[id])
+            return self.length[id]
+        return utoa(id, out)
+
+    cdef inline int ids(self, const uint8_t* rec, char* out) noexcept nogil:
+        """At most 11 bytes."""
+        cdef uint16_t m = (<const uint16_t*>(rec + self.off_master))[0]
+        cdef uint16_t a = (<const uint16_t*>(rec + self.off_app))[0]
+        cdef int n = 0
+        if m:
+            n = utoa(m, out)
+            out[n] = 46                            # '.'
+            n += 1
+        return n + utoa(a, out + n)
+
+    cdef inline int names_of(self, const uint8_t* rec, char* out) noexcept nogil:
+        """At most 63 bytes (names are cut to 31 bytes)."""
+        cdef uint16_t m = (<const uint16_t*>(rec + self.off_master))[0]
+        cdef uint16_t a = (<const uint16_t*>(rec + self.off_app))[0]
+        cdef int n = 0
+        if m:
+            n = self.name(m, out)
+            out[n] = 46
+            n += 1
+        return n + self.name(a, out + n)
+
+
 cdef inline uint64_t read_uint(const uint8_t* rec, int off, int size) noexcept nogil:
     cdef const uint8_t* q = rec + off
     if size == 1:
@@ -237,6 +299,7 @@ cdef class Encoder:
     cdef int nspecs
     cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags
     cdef object tunnels
+    cdef L7Names l7
     cdef uint8_t end_reason_code[16]
     cdef Py_ssize_t stride
 
@@ -288,6 +351,7 @@ cdef class Encoder:
         self.off_cflags = dtype.fields["client_tcp_flags"][1]
         self.off_sflags = dtype.fields["server_tcp_flags"][1]
         self.tunnels = [t.encode() for t in TUNNELS]
+        self.l7 = L7Names(dtype, any(int(f.kind) == K_L7_NAME for f in fields))
         for i, code in enumerate(END_REASON_IPFIX):
             self.end_reason_code[i] = code
 
@@ -340,6 +404,10 @@ cdef class Encoder:
             t = <bytes>self.tunnels[q[0]]
             memcpy(out, <const char*>t, len(t))
             return len(t)
+        if k == K_L7_PROTO:
+            return self.l7.ids(rec, out)
+        if k == K_L7_NAME:
+            return self.l7.names_of(rec, out)
         return -1
 
     cdef inline int number(self, spec_t* s, const uint8_t* rec, uint64_t* v) noexcept:
@@ -784,6 +852,7 @@ cdef class WireEncoder:
     cdef wire_t* specs
     cdef int nspecs
     cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags, off_vlan
+    cdef L7Names l7
     cdef uint8_t end_reason_code[16]
     cdef Py_ssize_t stride
     cdef public Py_ssize_t rowsize
@@ -814,6 +883,7 @@ cdef class WireEncoder:
         self.off_proto = dtype.fields["protocol"][1]
         self.off_cflags = dtype.fields["client_tcp_flags"][1]
         self.off_sflags = dtype.fields["server_tcp_flags"][1]
+        self.l7 = L7Names(dtype, any(int(f.kind) == K_L7_NAME for f, _, _ in fields))
         for i, code in enumerate(END_REASON_IPFIX):
             self.end_reason_code[i] = code
 
@@ -838,6 +908,7 @@ cdef class WireEncoder:
         cdef wire_t* s
         cdef const uint8_t* q
         cdef bint applies, numeric
+        cdef char name[64]
         for j in range(self.nspecs):
             s = &self.specs[j]
             q = rec + s.off
@@ -846,7 +917,7 @@ cdef class WireEncoder:
             applies = True
             if s.time:
                 v = clamp32(<int64_t>read_uint(rec, s.off, s.size) - base_ms)
-            elif s.kind == K_UINT or s.kind == K_MS:
+            elif s.kind == K_UINT or s.kind == K_MS or s.kind == K_L7_PROTO:
                 v = read_uint(rec, s.off, s.size)
             elif s.kind == K_OUTER_VLAN:          # dot1qVlanId: the outer tag, or the only one
                 v = read_uint(rec, s.off, s.size)
@@ -861,6 +932,14 @@ cdef class WireEncoder:
                 v = read_uint(rec, s.off, s.size) if applies else 0
             elif s.kind == K_END_REASON:
                 v = self.end_reason_code[rec[s.off] & 15]
+            elif s.kind == K_L7_NAME:                # NUL-padded text, cut to the length
+                k = self.l7.names_of(rec, name)
+                if k > n:
+                    k = n
+                memcpy(p, name, k)
+                memset(p + k, 0, n - k)
+                p += n
+                continue
             else:
                 numeric = False
                 if s.kind == K_IPV4 or s.kind == K_IPV6:
