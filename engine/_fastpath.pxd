@@ -29,6 +29,7 @@ ctypedef struct flow_record_t:
     uint16_t icmp_type
     uint16_t l7_master
     uint16_t l7_app
+    uint16_t l7_packets
     uint16_t seq_plen[6]
     uint16_t seq_tdiff[6]
     uint16_t seq_plen_c2s[6]
@@ -50,6 +51,7 @@ ctypedef struct flow_record_t:
     uint8_t tunnel
     uint8_t exporter_ip_version
     uint8_t l7_confidence
+    uint8_t l7_category
 
 # pkt_meta_t.reserved: a VLAN tag the capture took out of an Ethernet frame (Linux AF_PACKET
 # rings hand the outer tag over beside the frame) is META_VLAN_TAG | TCI, and wirelen counts its

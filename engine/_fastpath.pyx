@@ -389,6 +389,8 @@ cdef class FlowTable:
             r.l7_master = self.l7f[i].verdict.master
             r.l7_app = self.l7f[i].verdict.app
             r.l7_confidence = self.l7f[i].verdict.confidence
+            r.l7_category = self.l7f[i].verdict.category
+            r.l7_packets = self.l7f[i].pkts
         if self.features:
             ft = &self.feats[i]
             memcpy(r.seq_plen, ft.plen, 6 * sizeof(uint16_t))
@@ -828,6 +830,7 @@ def record_layout() -> dict:
         "icmp_type": (<size_t>&r.icmp_type - base, sizeof(r.icmp_type)),
         "l7_master": (<size_t>&r.l7_master - base, sizeof(r.l7_master)),
         "l7_app": (<size_t>&r.l7_app - base, sizeof(r.l7_app)),
+        "l7_packets": (<size_t>&r.l7_packets - base, sizeof(r.l7_packets)),
         "seq_plen": (<size_t>&r.seq_plen - base, sizeof(r.seq_plen)),
         "seq_tdiff": (<size_t>&r.seq_tdiff - base, sizeof(r.seq_tdiff)),
         "seq_plen_c2s": (<size_t>&r.seq_plen_c2s - base, sizeof(r.seq_plen_c2s)),
@@ -849,6 +852,7 @@ def record_layout() -> dict:
         "tunnel": (<size_t>&r.tunnel - base, sizeof(r.tunnel)),
         "exporter_ip_version": (<size_t>&r.exporter_ip_version - base, sizeof(r.exporter_ip_version)),
         "l7_confidence": (<size_t>&r.l7_confidence - base, sizeof(r.l7_confidence)),
+        "l7_category": (<size_t>&r.l7_category - base, sizeof(r.l7_category)),
     }
 
 

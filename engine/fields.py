@@ -58,6 +58,7 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("l7_master", "u2", 1),         # nDPI master protocol id of a two-layer verdict (TLS of
                                     # TLS.Google), else 0
     ("l7_app", "u2", 1),            # nDPI application protocol id (0 unknown)
+    ("l7_packets", "u2", 1),        # packets given to nDPI for the verdict
     ("seq_plen", "u2", 6),          # behaviour features, see DESIGN.md
     ("seq_tdiff", "u2", 6),
     ("seq_plen_c2s", "u2", 6),
@@ -79,6 +80,9 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("tunnel", "u1", 1),            # TUNNELS: outermost tunnel the flow was carried in
     ("exporter_ip_version", "u1", 1),
     ("l7_confidence", "u1", 1),     # nDPI's ndpi_confidence_t of the verdict
+    ("l7_category", "u1", 1),       # nDPI's ndpi_protocol_category_t of the verdict
+    # no padding anywhere (checked at import): numpy leaves padding bytes of structured copies
+    # uninitialised, so a padded record would not compare byte for byte across copies
 ]
 
 
@@ -90,6 +94,8 @@ def _dtype() -> np.dtype:
 
 
 RECORD_DTYPE = _dtype()
+if RECORD_DTYPE.itemsize != sum(RECORD_DTYPE[n].itemsize for n in RECORD_DTYPE.names or ()):
+    raise ImportError("RECORD_DTYPE has padding: reorder or complete COLUMNS")
 
 # end_reason values, in the order of the C enum, and the IPFIX flowEndReason (136) each maps to:
 # 1 idle timeout, 2 active timeout, 3 end of flow detected, 4 forced end

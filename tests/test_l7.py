@@ -1,7 +1,8 @@
 """nDPI application protocol detection in the fast path, against Debian's ndpiReader (libndpi-bin:
 the same libndpi 4.2, run on the same capture in this test) on every development capture: per
-flow (matched on VLAN, protocol and both endpoints) the same "master.app" protocol ids, for at
-least 95% of the flows both have, every other flow in a class below with its reason. Also: the
+flow (matched on VLAN, protocol and both endpoints) the same "master.app" protocol ids,
+confidence and category, for at least 95% of the flows both have (all of them today), every other
+flow in a class below with its reason. Also: the
 protocol names against ndpiReader's own table, the packet bound and the state pool, the L7
 fields through nDPI's TLV deserializer and in the JSON dump, and --disable-l7."""
 from __future__ import annotations
@@ -24,11 +25,15 @@ pytestmark = pytest.mark.skipif(not l7_info()["available"],
                                 reason="built without nDPI (libndpi-dev): no L7 detection")
 
 PROTO = re.compile(r"\[proto: (?:[A-Za-z]+:)?([\d.]+)/([^\]]+)\]")
+CONFIDENCE = re.compile(r"\[Confidence: ([^\]]+)\]")
+CATEGORY = re.compile(r"\[cat: [^\]/]+/(\d+)\]")
+# ndpi_confidence_get_name()'s texts -> ndpi_confidence_t
+CONFIDENCES = {"Unknown": 0, "Match by port": 1, "Match by IP": 2, "DPI (cache)": 3, "DPI": 4}
 
 
 def ndpireader_flows(path) -> dict:
-    """ndpiReader's flow table of one capture: key (as corpus.Flow.key) -> ("M.A" ids, name).
-    -t: GTP, TZSP and CAPWAP tunnels stripped, as ours are."""
+    """ndpiReader's flow table of one capture: key (as corpus.Flow.key) -> ("M.A" ids, name,
+    confidence, category). -t: GTP, TZSP and CAPWAP tunnels stripped, as ours are."""
     out = subprocess.run([tool("ndpiReader"), "-i", str(path), "-t", "-v", "2"],
                          capture_output=True, text=True, errors="replace", timeout=120).stdout
     flows: dict = {}
@@ -38,17 +43,22 @@ def ndpireader_flows(path) -> dict:
             continue
         l4, left, right, rest = m.group(2), m.group(3), m.group(5), m.group(6)
         vlan = re.search(r"\[VLAN: (\d+)\]", rest)
-        p = PROTO.search(rest)
+        p, conf, cat = PROTO.search(rest), CONFIDENCE.search(rest), CATEGORY.search(rest)
         proto = L4.get(l4, int(l4) if l4.isdigit() else -1)
         key = (int(vlan.group(1)) if vlan else 0, proto,
                frozenset((_endpoint(left), _endpoint(right))))
-        flows[key] = (p.group(1), p.group(2)) if p else None
+        flows[key] = (p.group(1), p.group(2), CONFIDENCES[conf.group(1)] if conf else 0,
+                      int(cat.group(1)) if cat else 0) if p else None
     return flows
 
 
 def ids_of(rec) -> str:
     m, a = int(rec["l7_master"]), int(rec["l7_app"])
     return f"{m}.{a}" if m else str(a)
+
+
+def verdict(rec) -> tuple:
+    return ids_of(rec), int(rec["l7_confidence"]), int(rec["l7_category"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,10 +76,10 @@ def comparison(path):
         if len(got) != 1 or want is None:
             unmatched += 1
             continue
-        if ids_of(got[0]) == want[0]:
+        if verdict(got[0]) == (want[0], want[2], want[3]):
             same += 1
         else:
-            differ.append((key, ids_of(got[0]), want[0]))
+            differ.append((key, verdict(got[0]), (want[0], want[2], want[3])))
     extra = sum(len(v) for k, v in ours.items() if k not in theirs)
     return same, differ, unmatched, extra
 
@@ -146,20 +156,16 @@ def corpus_path(name):
     return path
 
 
-def given_at_most(records, tcp, other) -> int:
-    """Packets nDPI can have been given with these bounds: a flow's packets up to one past its
-    bound (ndpiReader counts the packet that reaches the bound before it gives up)."""
-    n = records["in_pkts"] + records["out_pkts"]
-    bound = np.where(records["protocol"] == 6, tcp + 1, other + 1)
-    return int(np.minimum(n, bound).sum())
-
-
 @pytest.mark.parametrize("tcp,other", [(80, 24), (2, 1)])
 def test_packets_given_to_ndpi_stay_within_the_bound(pcaps_dir, tcp, other):
-    for path in corpus_files()[:20]:
+    """Per flow, nDPI sees at most one packet past the bound (ndpiReader counts the packet that
+    passes it, then gives up), and never more than the flow has."""
+    for path in corpus_files():
         records, st = run_fastpath(path, l7=True, l7_tcp_packets=tcp, l7_other_packets=other)
-        assert st["l7_packets"] <= given_at_most(records, tcp, other), path.name
-        assert st["l7_packets"] > 0 or len(records) == 0, path.name
+        n = records["in_pkts"] + records["out_pkts"]
+        bound = np.where(records["protocol"] == 6, tcp + 1, other + 1)
+        assert (records["l7_packets"] <= np.minimum(n, bound)).all(), path.name
+        assert st["l7_packets"] == int(records["l7_packets"].sum()), path.name
 
 
 def test_an_empty_pool_is_counted_and_leaves_flows_undetected():
@@ -211,6 +217,16 @@ def test_l7_fields_through_ndpis_tlv_deserializer(name):
             assert g[57591] == want[1]                 # the name, as ndpiReader prints it
     assert checked >= 0.9 * len(got)
     assert any("." in g[57590] for g in got)            # two-layer verdicts: "M.A"
+
+
+@pytest.mark.tools("ndpiReader")
+def test_hand_derived_tiny_verdicts_are_ndpireaders(tmp_path):
+    """The L7 values test_zmq_tlv derives by hand for its tiny capture are ndpiReader's."""
+    from test_zmq_tlv import TINY_FLOWS, tiny_capture
+    path = tmp_path / "tiny.pcap"
+    tiny_capture(path)
+    got = sorted(v[:3] for v in ndpireader_flows(path).values())
+    assert got == sorted((f[57590], f[57591], f[58032]) for f in TINY_FLOWS)
 
 
 def flowprobe(*args):

@@ -23,6 +23,7 @@ typedef struct {
     uint16_t master;      /* 0, or the master protocol of a two-layer verdict (TLS of TLS.Google) */
     uint16_t app;
     uint8_t confidence;   /* ndpi_confidence_t */
+    uint8_t category;     /* ndpi_protocol_category_t */
 } l7_verdict_t;
 
 #ifdef HAVE_NDPI
@@ -118,6 +119,7 @@ static inline void l7_set(l7_verdict_t *v, ndpi_protocol p, const struct ndpi_fl
     v->master = m;
     v->app = a;
     v->confidence = (uint8_t)f->confidence;
+    v->category = (uint8_t)p.category;
 }
 
 /* One packet (from its L3 header, len captured bytes) of a flow whose detection is open.

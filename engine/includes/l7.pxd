@@ -9,6 +9,7 @@ cdef extern from "l7.h" nogil:
         uint16_t master
         uint16_t app
         uint8_t confidence
+        uint8_t category
 
     ctypedef struct l7_t:
         pass
