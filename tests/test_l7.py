@@ -17,12 +17,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PCAPS, ROOT, corpus_files, corpus_params, tool
+from conftest import PCAPS, ROOT, corpus_files, corpus_params, tool, unavailable
 from corpus import FLOW, L4, _endpoint, our_flows, run_fastpath
 from engine._fastpath import l7_info, l7_protocol_names
 
-pytestmark = pytest.mark.skipif(not l7_info()["available"],
-                                reason="built without nDPI (libndpi-dev): no L7 detection")
+
+
+@pytest.fixture(autouse=True)
+def ndpi_built():
+    if not l7_info()["available"]:
+        unavailable("built without nDPI (libndpi-dev): no L7 detection")
 
 PROTO = re.compile(r"\[proto: (?:[A-Za-z]+:)?([\d.]+)/([^\]]+)\]")
 CONFIDENCE = re.compile(r"\[Confidence: ([^\]]+)\]")
