@@ -735,10 +735,10 @@ cdef inline void put_entropy(buf_t* b, uint16_t v) noexcept:
     b.n += snprintf(b.p + b.n, 16, "%.2f", v / 1000.0)
 
 
-def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
+def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel, bint l7=False):
     """The readable dump (engine.export.dump's reference twin): one line a flow,
     'PROTO  client -> server [vlan N] [A pkts/B bytes <-> C pkts/D bytes] D.DDDs' and, when the
-    template has them, the features and the tunnel."""
+    template has them, the features, the tunnel and nDPI's name of the application."""
     from engine.export.dump import PROTO_NAMES
     from engine.fields import TUNNELS
     cdef text_cols_t c
@@ -759,6 +759,8 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     c.plen, c.tdiff = f["seq_plen"][1], f["seq_tdiff"][1]
     c.ent_c, c.ent_s, c.tunnel = f["entropy_c2s"][1], f["entropy_s2c"][1], f["tunnel"][1]
     c.source, c.icmp = f["flow_source"][1], f["icmp_type"][1]
+    cdef L7Names l7names = L7Names(dtype, l7)
+    cdef int off_app = f["l7_app"][1]
     names = [f"{PROTO_NAMES.get(p, str(p)):<6} ".encode() for p in range(256)]
     tunnels = [f" tunnel={t}".encode() for t in TUNNELS]
     cdef bytes name
@@ -767,7 +769,7 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     try:
         for i in range(nrec):
             rec = base + i * stride
-            grow(&b, 400)
+            grow(&b, 480)
             name = <bytes>names[rec[c.proto]]
             put(&b, <const char*>name, len(name))
             icmp = rec[c.proto] == 1 or rec[c.proto] == 58
@@ -820,6 +822,9 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
             if tunnel and rec[c.tunnel]:
                 name = <bytes>tunnels[rec[c.tunnel]]
                 put(&b, <const char*>name, len(name))
+            if l7 and (<const uint16_t*>(rec + off_app))[0]:
+                put(&b, " l7=", 4)
+                b.n += l7names.names_of(rec, b.p + b.n)
             put_byte(&b, 10)
         return PyBytes_FromStringAndSize(b.p, b.n)
     finally:
