@@ -13,10 +13,24 @@ OPTIONS = dict(include_dirs=[numpy.get_include(), "engine/includes"],
                extra_compile_args=COMPILE_ARGS,
                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 
+
+
+def ndpi_options() -> dict:
+    """The flow table links nDPI (engine/includes/l7.h) where libndpi's headers are, unless
+    FLOWPROBE_NDPI=0; without it the build works and L7 detection is unavailable."""
+    if os.environ.get("FLOWPROBE_NDPI", "1") == "0":
+        return OPTIONS
+    ndpi = os.environ.get("FLOWPROBE_NDPI_INCLUDE", "/usr/include/ndpi")
+    if not os.path.exists(os.path.join(ndpi, "ndpi_api.h")):
+        return OPTIONS
+    return dict(OPTIONS, include_dirs=OPTIONS["include_dirs"] + [ndpi], libraries=["ndpi"],
+                define_macros=OPTIONS["define_macros"] + [("HAVE_NDPI", "1")])
+
+
 # the data plane: the flow table (with the decoders of _decode.pxd inlined), the capture reader,
 # the decoders alone for the tests, the per-flow encoders and the collector's data set decode
 extensions = [
-    Extension("engine._fastpath", ["engine/_fastpath.pyx"], **OPTIONS),
+    Extension("engine._fastpath", ["engine/_fastpath.pyx"], **ndpi_options()),
     Extension("engine._reader", ["engine/_reader.pyx"], **OPTIONS),
     Extension("engine._decode", ["engine/_decode.pyx"], **OPTIONS),
     Extension("engine.export._encode", ["engine/export/_encode.pyx"], **OPTIONS),

@@ -407,7 +407,7 @@ def run(args) -> int:
         rate_scenario("fastpath_nofeatures", "fast path, in memory, features off", res[0], "wall_s")
 
     if "e2e" in only:
-        base = flowprobe_cmd() + ["-i", str(pcap)]
+        base = flowprobe_cmd() + ["-i", str(pcap), "--disable-l7"]    # as the fast path rows
         variants = {"e2e_features": ("flowprobe -i FILE -n none", ["-n", "none"]),
                     "e2e_nofeatures": ("flowprobe -i FILE -n none --no-features",
                                        ["-n", "none", "--no-features"]),

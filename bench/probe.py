@@ -70,7 +70,8 @@ def measure(quick: bool = False, pcap: str | None = None, reps: int | None = Non
         seed, cfg["packets"], cfg["flows"])
     side = engine.sidecar(path)
     ncpu = len(os.sched_getaffinity(0))
-    base = engine.flowprobe_cmd() + ["-i", str(path), "-n", "none"]
+    # without nDPI, like the peers beside it (bench/realistic.py has a row with it)
+    base = engine.flowprobe_cmd() + ["-i", str(path), "-n", "none", "--disable-l7"]
     rows: dict[str, dict] = {}
 
     def add(key, label, kind, fn):

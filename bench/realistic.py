@@ -86,6 +86,11 @@ class Drain:
         return int(out[0]), int(out[1])
 
 
+def _has_flag(flag: str) -> bool:
+    r = common.run_child(engine.flowprobe_cmd() + ["--help"], capture_stdout=True, timeout=60)
+    return flag in r.stdout
+
+
 def _flowprobe(pcap: pathlib.Path, extra: list[str]):
     def go():
         rx = drain = None
@@ -117,18 +122,24 @@ def measure(pcap: pathlib.Path, reps: int, formats: bool) -> dict:
     def add(key, label, fn):
         rows[key] = {"label": label, "fn": fn, "runs": []}
 
-    add("none", "flowprobe -n none", _flowprobe(pcap, []))
-    add("none_nof", "flowprobe -n none --no-features", _flowprobe(pcap, ["--no-features"]))
-    add("v9", "flowprobe -n 127.0.0.1:PORT -V 9", _flowprobe(pcap, FORMATS["NetFlow v9"]))
+    # softflowd does no application detection: the rows beside it run without nDPI (-l7 rows
+    # show what it adds), where the installed flowprobe has it
+    nol7 = ["--disable-l7"] if _has_flag("--disable-l7") else []
+    add("none", "flowprobe -n none", _flowprobe(pcap, nol7))
+    add("none_nof", "flowprobe -n none --no-features", _flowprobe(pcap, nol7 + ["--no-features"]))
+    add("v9", "flowprobe -n 127.0.0.1:PORT -V 9", _flowprobe(pcap, nol7 + FORMATS["NetFlow v9"]))
     add("v9_nof", "flowprobe -n 127.0.0.1:PORT -V 9 --no-features",
-        _flowprobe(pcap, FORMATS["NetFlow v9"] + ["--no-features"]))
+        _flowprobe(pcap, nol7 + FORMATS["NetFlow v9"] + ["--no-features"]))
+    if nol7:
+        add("v9_l7", "flowprobe -n 127.0.0.1:PORT -V 9 with nDPI",
+            _flowprobe(pcap, FORMATS["NetFlow v9"]))
     add("softflowd", "softflowd -r FILE -v 9 -n 127.0.0.1:PORT",
         lambda: engine.run_softflowd(pcap, 262144))
     if formats:
         for label, args in FORMATS.items():
             if label != "NetFlow v9":
                 add(f"fmt {label}", f"flowprobe ({label}) --no-features",
-                    _flowprobe(pcap, args + ["--no-features"]))
+                    _flowprobe(pcap, nol7 + args + ["--no-features"]))
     for i in range(reps):
         for key, row in rows.items():
             row["runs"].append(row["fn"]())
@@ -159,7 +170,9 @@ def markdown(res: dict) -> str:
              "repetitions, median (min-max)", "",
              "| command | CPU time | packets per CPU-second | vs softflowd (per CPU-second) | "
              "wall time | peak RSS |", "|---|---|---|---|---|---|"]
-    for key in ("none", "none_nof", "v9", "v9_nof", "softflowd"):
+    for key in ("none", "none_nof", "v9", "v9_nof", "v9_l7", "softflowd"):
+        if key not in rows:
+            continue
         r = rows[key]
         lines.append(f"| `{r['label']}` | {common.fmt_summary(r['cpu_s'], lambda x: '%.2f s' % x)}"
                      f" | {common.fmt_rate(packets / med[key])} | {sf / med[key]:.2f}x | "
@@ -172,7 +185,8 @@ def markdown(res: dict) -> str:
     if fmts:
         base = med["none_nof"]
         lines += ["", f"**CPU each output format adds per flow** (`--no-features`, over `-n none "
-                  f"--no-features` on the same capture, divided by its {flows:,} flows):", "",
+                  f"--no-features` on the same capture, divided by its {flows:,} flows; rows "
+                  "without nDPI where it is built):", "",
                   "| output | CPU time | added per flow | flows per added CPU-second |",
                   "|---|---|---|---|"]
         for r in [rows["v9_nof"]] + fmts:

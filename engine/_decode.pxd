@@ -88,6 +88,9 @@ ctypedef struct pkt_t:
     const uint8_t* frame         # start of the frame, to measure l2_len
     uint32_t tcp_seq             # TCP: sequence number and (unscaled) window of the segment
     uint16_t tcp_win
+    uint32_t caplen              # captured bytes of the frame
+    const uint8_t* l3            # the innermost IP header (what nDPI reads); NULL for a
+                                 # fragment after the first, which has no L4 header
 
 # First fragment's flow key, so that later fragments of the same datagram reach the same flow.
 ctypedef struct frag_t:
@@ -494,6 +497,7 @@ cdef inline int fragment(cursor_t c, uint32_t l4len, bint first, uint32_t ident,
     p.proto = f.k_proto
     p.ip_version = f.k_ip_version
     p.tunnel = f.k_tunnel
+    p.l3 = NULL
     p.payload = c.p
     p.payload_cap = <uint32_t>c.n
     p.payload_len = l4len
@@ -508,6 +512,7 @@ cdef inline int decode_ip(cursor_t c, pkt_t* p, decoder_t* dec, int depth) noexc
     cdef uint8_t nh
     if h == NULL:
         return R_TRUNCATED
+    p.l3 = h
     if (h[0] >> 4) == 4:
         h = cur_peek(&c, 20)
         if h == NULL:
@@ -602,6 +607,8 @@ cdef inline int decode_packet(const uint8_t* frame, uint32_t caplen, uint32_t li
     p.outer_ip_len = 0
     p.l2_len = 0
     p.frame = frame
+    p.caplen = caplen
+    p.l3 = NULL
     if linktype == LT_ETHERNET:
         if stripped_vlan >= 0:                   # as if the tag were still before the EtherType
             p.vlan = <uint16_t>stripped_vlan

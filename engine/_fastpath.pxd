@@ -3,6 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine._decode cimport R_COUNT, decoder_t, pkt_t
+from engine.includes.l7 cimport l7_t, l7_verdict_t
 
 # One finished flow (or flow slice). Same order and types as engine.fields.COLUMNS; the import of
 # engine._fastpath checks the numpy dtype against sizeof/offsetof of this struct.
@@ -26,6 +27,9 @@ ctypedef struct flow_record_t:
     uint16_t vlan
     uint16_t outer_vlan
     uint16_t icmp_type
+    uint16_t l7_master
+    uint16_t l7_app
+    uint16_t l7_packets
     uint16_t seq_plen[6]
     uint16_t seq_tdiff[6]
     uint16_t seq_plen_c2s[6]
@@ -46,6 +50,8 @@ ctypedef struct flow_record_t:
     uint8_t flow_source
     uint8_t tunnel
     uint8_t exporter_ip_version
+    uint8_t l7_confidence
+    uint8_t l7_category
     # TCP health (tcp_t below), client -> server then server -> client
     uint32_t retr_pkts_c2s
     uint32_t retr_pkts_s2c
@@ -115,6 +121,7 @@ ctypedef struct flow_t:
     uint8_t closed               # 0 open, END_FIN or END_RST + 1 when closed
     uint8_t hs                   # TCP handshake: 0 none, 1 SYN seen, 2 SYN-ACK seen, 3 done
     uint8_t window_open
+    uint8_t l7_open              # nDPI detection in progress (its state in FlowTable.l7f)
     # TCP health, TCP flows only (never touched for others); these fill flow_t to 192 bytes,
     # three cache lines (the table is 64-byte aligned), the header and tcp_t's first part
     # being what every segment reads
@@ -122,6 +129,13 @@ ctypedef struct flow_t:
     uint16_t tcp_win_max[2]      # largest advertised window, unscaled (current slice)
     uint16_t tcp_zero_win[2]     # zero-window segments (current slice, at most 65535)
     tcp_t tcp
+
+# A flow's nDPI detection, beside flow_t (allocated only with L7 on, so that flow_t stays two
+# cache lines and a table without L7 pays nothing for it).
+ctypedef struct l7f_t:
+    l7_verdict_t verdict
+    uint16_t pkts                # packets given to nDPI
+    uint32_t state               # its nDPI flow state in the pool, while detection is open
 
 ctypedef struct feat_t:
     uint64_t last_us[3]          # last window packet: any direction, client, server
@@ -142,6 +156,8 @@ ctypedef struct stats_t:
     uint64_t active_flows
     uint64_t pool_exhausted
     uint64_t other_shard         # packets left to the other workers of a sharded run
+    uint64_t l7_packets          # packets given to nDPI
+    uint64_t l7_pool_empty       # flows left undetected: no nDPI flow state was free
 
 
 cdef class FlowTable:
@@ -172,6 +188,10 @@ cdef class FlowTable:
     cdef uint32_t out_n
     cdef uint32_t out_cap
     cdef uint64_t now_us
+    cdef l7_t* l7                    # NULL: no L7 detection
+    cdef l7f_t* l7f
+    cdef readonly uint32_t l7_tcp_packets     # nDPI gets at most this many packets of a flow
+    cdef readonly uint32_t l7_other_packets
 
     cdef void unlink(self, uint32_t i) noexcept nogil
     cdef void append(self, uint32_t i) noexcept nogil
@@ -188,6 +208,8 @@ cdef class FlowTable:
     cdef uint32_t create(self, pkt_t* p, uint32_t h, int* direction) noexcept nogil
     cdef void reset_counters(self, flow_t* f, uint64_t ts) noexcept nogil
     cdef void features_update(self, uint32_t i, flow_t* f, pkt_t* p, int d) noexcept nogil
+    cdef void l7_update(self, uint32_t i, flow_t* f, pkt_t* p) noexcept nogil
+    cdef void l7_close(self, uint32_t i, bint giveup) noexcept nogil
     cdef int account(self, pkt_t* p) noexcept nogil
     cdef Py_ssize_t run(self, const uint8_t* buf, Py_ssize_t buflen, pkt_meta_t* meta,
                         Py_ssize_t start, Py_ssize_t end) noexcept nogil

@@ -18,6 +18,8 @@ from engine._decode cimport (R_OK, R_TRUNCATED, R_TABLE_FULL, R_IP_LENGTH, R_COU
                              frag_t, pkt_t, decode_packet)
 from engine._hash cimport mix64, side_hash, key_hash
 from engine.includes.compiler cimport prefetch
+from engine.includes.l7 cimport (L7_NO_STATE, l7_available, l7_version, l7_new, l7_free, l7_take,
+                                 l7_release, l7_packet, l7_giveup, l7_name_count, l7_name)
 
 from engine._decode import REASONS
 
@@ -238,7 +240,9 @@ cdef class FlowTable:
     """
     def __cinit__(self, uint32_t max_flows=262144, double idle_timeout=30.0,
                   double lifetime=120.0, bint features=True, uint32_t output_size=8192,
-                  double linger=2.0, uint32_t shard_index=0, uint32_t shard_count=1):
+                  double linger=2.0, uint32_t shard_index=0, uint32_t shard_count=1,
+                  bint l7=False, uint32_t l7_pool=65536, uint32_t l7_tcp_packets=80,
+                  uint32_t l7_other_packets=24):
         cdef uint32_t size = 16
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
@@ -286,6 +290,19 @@ cdef class FlowTable:
         self.out_cap = output_size
         self.out_n = 0
         self.now_us = 0
+        # nDPI: a detection module and min(l7_pool, max_flows) flow states, allocated once
+        self.l7 = NULL
+        self.l7f = NULL
+        self.l7_tcp_packets = l7_tcp_packets
+        self.l7_other_packets = l7_other_packets
+        if l7:
+            if not l7_available():
+                raise RuntimeError(L7_UNAVAILABLE)
+            self.l7 = l7_new(min(l7_pool, max_flows))
+            self.l7f = <l7f_t*>calloc(max_flows, sizeof(l7f_t))
+            if self.l7 == NULL or self.l7f == NULL:
+                raise MemoryError("cannot allocate nDPI's detection module and %d flow states"
+                                  % min(l7_pool, max_flows))
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -293,6 +310,8 @@ cdef class FlowTable:
         free(self.slots)
         free(self.dec.frags)
         free(self.feats)
+        l7_free(self.l7)
+        free(self.l7f)
         if self.pool_chunks != NULL:
             for i in range(self.pool_nchunks):
                 free(self.pool_chunks[i])
@@ -455,6 +474,12 @@ cdef class FlowTable:
             r.appl_latency_ms = (f.tcp.rtt_us[2] + 500) // 1000
             r.win_max_c2s = f.tcp_win_max[0]
             r.win_max_s2c = f.tcp_win_max[1]
+        if self.l7 != NULL:
+            r.l7_master = self.l7f[i].verdict.master
+            r.l7_app = self.l7f[i].verdict.app
+            r.l7_confidence = self.l7f[i].verdict.confidence
+            r.l7_category = self.l7f[i].verdict.category
+            r.l7_packets = self.l7f[i].pkts
         if self.features:
             ft = &self.feats[i]
             memcpy(r.seq_plen, ft.plen, 6 * sizeof(uint16_t))
@@ -488,6 +513,8 @@ cdef class FlowTable:
 
     cdef inline void expire_flow(self, uint32_t i, uint8_t reason) noexcept nogil:
         self.prefetch_histograms(self.flows[i].next)
+        if self.flows[i].l7_open:              # it ends before a verdict: nDPI's best guess
+            self.l7_close(i, True)
         self.emit(i, reason)
         self.release(i)
 
@@ -569,6 +596,14 @@ cdef class FlowTable:
         if f.proto == 6:                    # other flows never touch their TCP state
             memset(&f.tcp, 0, sizeof(tcp_t))
             f.tcp_state = 0
+        f.l7_open = 0
+        if self.l7 != NULL:
+            memset(&self.l7f[i], 0, sizeof(l7f_t))
+            self.l7f[i].state = l7_take(self.l7)
+            if self.l7f[i].state == L7_NO_STATE:
+                self.st.l7_pool_empty += 1
+            else:
+                f.l7_open = 1
         self.reset_counters(f, p.ts_us)
         f.flags[0] = f.flags[1] = 0
         if self.features:
@@ -652,6 +687,30 @@ cdef class FlowTable:
         if ft.window == WINDOW:
             self.close_window(ft)
 
+    cdef void l7_update(self, uint32_t i, flow_t* f, pkt_t* p) noexcept nogil:
+        """One packet of a flow whose detection is open, from its innermost IP header to the end
+        of the capture (what ndpiReader hands nDPI), at the latest packet time seen (nDPI's clock
+        never goes back); fragments after the first are not given."""
+        cdef l7f_t* s = &self.l7f[i]
+        cdef uint32_t bound = self.l7_tcp_packets if f.proto == 6 else self.l7_other_packets
+        if p.l3 == NULL:
+            return
+        if s.pkts < 0xFFFF:
+            s.pkts += 1
+        self.st.l7_packets += 1
+        if l7_packet(self.l7, s.state, p.l3, p.caplen - <uint32_t>(p.l3 - p.frame),
+                     self.now_us // 1000, s.pkts > bound, &s.verdict):
+            self.l7_close(i, False)
+
+    cdef void l7_close(self, uint32_t i, bint giveup) noexcept nogil:
+        """Detection of flow i is over (``giveup``: nDPI's guess first); its state goes back."""
+        cdef l7f_t* s = &self.l7f[i]
+        if giveup:
+            l7_giveup(self.l7, s.state, &s.verdict)
+        l7_release(self.l7, s.state)
+        s.state = L7_NO_STATE
+        self.flows[i].l7_open = 0
+
     cdef int account(self, pkt_t* p) noexcept nogil:
         cdef int d = 0
         cdef uint32_t h = key_hash(p.src, p.sport, p.dst, p.dport, p.proto, p.vlan)
@@ -684,6 +743,8 @@ cdef class FlowTable:
             self.features_update(i, f, p, d)
         if p.proto == 6 and not p.is_frag:      # a fragment's segment length is not known
             tcp_health(f, p, d)
+        if f.l7_open:
+            self.l7_update(i, f, p)
         if p.proto == 6 and not f.closed:
             if fl & TH_RST:
                 f.closed = END_RST + 1
@@ -808,6 +869,11 @@ cdef class FlowTable:
     def capacity(self) -> int:
         return self.capacity
 
+    @property
+    def l7_enabled(self) -> bool:
+        """Whether nDPI detects application protocols in this table."""
+        return self.l7 != NULL
+
     def stats(self) -> dict:
         """Counters since creation: packets, bytes, flows, and every reason a packet was not
         (fully) accounted."""
@@ -816,7 +882,8 @@ cdef class FlowTable:
              "flows_created": self.st.flows_created, "flows_exported": self.st.flows_exported,
              "active_flows": self.st.active_flows, "fragments": self.dec.fragments,
              "feature_pool_exhausted": self.st.pool_exhausted,
-             "other_shard": self.st.other_shard}
+             "other_shard": self.st.other_shard,
+             "l7_packets": self.st.l7_packets, "l7_pool_empty": self.st.l7_pool_empty}
         d["decoded"] = self.st.reasons[R_OK]
         d["drops"] = {REASONS[r]: self.st.reasons[r] for r in range(1, R_COUNT)}
         d["exported_by_reason"] = {name: self.st.exported_by_reason[k]
@@ -864,6 +931,9 @@ def record_layout() -> dict:
         "vlan": (<size_t>&r.vlan - base, sizeof(r.vlan)),
         "outer_vlan": (<size_t>&r.outer_vlan - base, sizeof(r.outer_vlan)),
         "icmp_type": (<size_t>&r.icmp_type - base, sizeof(r.icmp_type)),
+        "l7_master": (<size_t>&r.l7_master - base, sizeof(r.l7_master)),
+        "l7_app": (<size_t>&r.l7_app - base, sizeof(r.l7_app)),
+        "l7_packets": (<size_t>&r.l7_packets - base, sizeof(r.l7_packets)),
         "seq_plen": (<size_t>&r.seq_plen - base, sizeof(r.seq_plen)),
         "seq_tdiff": (<size_t>&r.seq_tdiff - base, sizeof(r.seq_tdiff)),
         "seq_plen_c2s": (<size_t>&r.seq_plen_c2s - base, sizeof(r.seq_plen_c2s)),
@@ -884,6 +954,8 @@ def record_layout() -> dict:
         "flow_source": (<size_t>&r.flow_source - base, sizeof(r.flow_source)),
         "tunnel": (<size_t>&r.tunnel - base, sizeof(r.tunnel)),
         "exporter_ip_version": (<size_t>&r.exporter_ip_version - base, sizeof(r.exporter_ip_version)),
+        "l7_confidence": (<size_t>&r.l7_confidence - base, sizeof(r.l7_confidence)),
+        "l7_category": (<size_t>&r.l7_category - base, sizeof(r.l7_category)),
         "retr_pkts_c2s": (<size_t>&r.retr_pkts_c2s - base, sizeof(r.retr_pkts_c2s)),
         "retr_pkts_s2c": (<size_t>&r.retr_pkts_s2c - base, sizeof(r.retr_pkts_s2c)),
         "retr_bytes_c2s": (<size_t>&r.retr_bytes_c2s - base, sizeof(r.retr_bytes_c2s)),
@@ -903,9 +975,36 @@ def record_layout() -> dict:
 
 
 def sizes() -> dict:
-    """Bytes of C memory per flow slot, per feature slot and per entropy histogram."""
+    """Bytes of C memory per flow slot, per feature slot, per entropy histogram and, with L7,
+    per flow's detection record."""
     return {"flow": sizeof(flow_t), "features": sizeof(feat_t), "histogram": 512 * 4,
-            "hash_slot": sizeof(uint32_t)}
+            "hash_slot": sizeof(uint32_t), "l7": sizeof(l7f_t)}
+
+
+# --- nDPI ----------------------------------------------------------------------------------------
+L7_UNAVAILABLE = "L7 detection unavailable: flowprobe was built without nDPI (libndpi-dev)"
+
+
+def l7_info() -> dict:
+    """Whether this build has nDPI, and its version."""
+    return {"available": bool(l7_available()),
+            "version": l7_version().decode() if l7_available() else ""}
+
+
+def l7_protocol_names() -> list:
+    """nDPI's protocol names, indexed by protocol id (empty without nDPI)."""
+    cdef l7_t* l
+    cdef uint32_t i
+    if not l7_available():
+        return []
+    l = l7_new(1)
+    if l == NULL:
+        raise MemoryError("cannot allocate nDPI's detection module")
+    try:
+        return [l7_name(l, <uint16_t>i).decode("ascii", "replace")
+                for i in range(l7_name_count(l))]
+    finally:
+        l7_free(l)
 
 
 def _check_layout():

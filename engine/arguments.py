@@ -51,6 +51,18 @@ def int_range(lo: int, hi: int, what: str):
     return parse
 
 
+def l7_packets(text: str) -> tuple[int, int]:
+    """--l7-max-packets: `N` (every flow) or `TCP,OTHER` -> (TCP bound, other bound)."""
+    parts = text.replace(" ", "").split(",")
+    check = int_range(1, 65534, "the number of packets given to nDPI")
+    if len(parts) == 1:
+        n = check(parts[0])
+        return n, n
+    if len(parts) == 2:
+        return check(parts[0]), check(parts[1])
+    raise argparse.ArgumentTypeError(f"expected N or TCP,OTHER, not {text!r}")
+
+
 def parse_cores(text: str) -> list[int]:
     """`0,1`, `0-3`, `1,3-5` -> a list of core numbers, in order."""
     cores: list[int] = []
@@ -225,6 +237,12 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("features")
     g.add_argument("--no-features", action="store_true",
                    help="do not compute behaviour features (SEQ_PLEN, SEQ_TDIFF, entropy)")
+    g.add_argument("--disable-l7", action="store_true",
+                   help="no application protocol detection (nDPI; L7_PROTO and the other L7 "
+                        "fields are then 0 / Unknown)")
+    g.add_argument("--l7-max-packets", type=l7_packets, metavar="N|TCP,OTHER",
+                   help="packets of a flow nDPI may see before it gives up, for every flow or "
+                        "for TCP and the others (default 80,24, as ndpiReader)")
 
     g = p.add_argument_group("output")
     g.add_argument("--dump-format", choices=[f.value for f in DumpFormat],
@@ -555,12 +573,16 @@ def options_from(a, parser: Optional[ArgumentParser] = None) -> Options:
         raise FlowprobeError("-g is for packet capture: run the collector without -g", status=2)
     if a.flow_templ is not None:
         _check_template(a.flow_templ)
+    warnings += _l7_warnings(a)
+    tcp_packets, other_packets = a.l7_max_packets or (80, 24)
     return Options(
         capture=CaptureOptions(inputs=tuple(a.interface), bpf=a.bpf_filter, snaplen=a.snaplen,
                                promisc=not a.no_promisc, pfring=a.pfring,
                                buffer_kib=a.buffer_size, block_kib=a.ring_block_size),
         table=TableOptions(max_flows=a.hash_size, idle_timeout=a.idle_timeout,
-                           lifetime=a.lifetime_timeout, features=not a.no_features),
+                           lifetime=a.lifetime_timeout, features=not a.no_features,
+                           l7=not a.disable_l7 and _l7_available(), l7_tcp_packets=tcp_packets,
+                           l7_other_packets=other_packets),
         output=OutputOptions(dump_format=DumpFormat(a.dump_format) if a.dump_format else None,
                              verbose=a.verbose, export_none="none" in a.collector),
         template=a.flow_templ, engine=engine, zmq=zmq, kafka=_kafka(a),
@@ -571,6 +593,22 @@ def options_from(a, parser: Optional[ArgumentParser] = None) -> Options:
         health=HealthOptions(dump_stats=a.dump_stats, dump_stats_interval=a.dump_stats_interval,
                              metrics=parse_metrics_addr(a.metrics) if a.metrics else None),
         cores=cores, warnings=tuple(warnings))
+
+
+def _l7_available() -> bool:
+    from engine._fastpath import l7_info
+    return l7_info()["available"]
+
+
+def _l7_warnings(a) -> list[str]:
+    """One line when L7 detection is asked for (--l7-max-packets, or L7 fields in -T) in a build
+    without nDPI."""
+    if a.disable_l7 or _l7_available():
+        return []
+    if a.l7_max_packets is None and "L7_" not in (a.flow_templ or "").upper():
+        return []
+    from engine._fastpath import L7_UNAVAILABLE
+    return [f"flowprobe: warning: {L7_UNAVAILABLE}; the L7 fields are sent as unknown"]
 
 
 def _check_template(text: str) -> None:

@@ -15,7 +15,9 @@ def probe_config(opts: Options):
     from engine.probe import ProbeConfig
     t = opts.table
     return ProbeConfig(max_flows=t.max_flows, idle_timeout=t.idle_timeout, lifetime=t.lifetime,
-                       features=t.features, stats_interval=1.0 if opts.output.verbose >= 1 else 0.0,
+                       features=t.features, l7=t.l7, l7_tcp_packets=t.l7_tcp_packets,
+                       l7_other_packets=t.l7_other_packets,
+                       stats_interval=1.0 if opts.output.verbose >= 1 else 0.0,
                        interface_name=",".join(opts.capture.inputs), mode=opts.mode.value)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -54,6 +55,10 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("vlan", "u2", 1),              # 802.1Q tag in the flow key: the last (customer) tag
     ("outer_vlan", "u2", 1),        # QinQ: the first (service) tag
     ("icmp_type", "u2", 1),         # type * 256 + code, ICMP and ICMPv6
+    ("l7_master", "u2", 1),         # nDPI master protocol id of a two-layer verdict (TLS of
+                                    # TLS.Google), else 0
+    ("l7_app", "u2", 1),            # nDPI application protocol id (0 unknown)
+    ("l7_packets", "u2", 1),        # packets given to nDPI for the verdict
     ("seq_plen", "u2", 6),          # behaviour features, see DESIGN.md
     ("seq_tdiff", "u2", 6),
     ("seq_plen_c2s", "u2", 6),
@@ -74,6 +79,10 @@ COLUMNS: list[tuple[str, str, int]] = [
     ("flow_source", "u1", 1),       # 0 packets, 1 NetFlow/IPFIX, 2 sFlow (ntopng's FLOW_SOURCE)
     ("tunnel", "u1", 1),            # TUNNELS: outermost tunnel the flow was carried in
     ("exporter_ip_version", "u1", 1),
+    ("l7_confidence", "u1", 1),     # nDPI's ndpi_confidence_t of the verdict
+    ("l7_category", "u1", 1),       # nDPI's ndpi_protocol_category_t of the verdict
+    # no padding anywhere (checked at import): numpy leaves padding bytes of structured copies
+    # uninitialised, so a padded record would not compare byte for byte across copies
     # TCP health (fast path, TCP flows; DESIGN.md): per slice, except the latencies, which are
     # the connection's
     ("retr_pkts_c2s", "u4", 1),     # retransmitted segments, client -> server
@@ -100,6 +109,8 @@ def _dtype() -> np.dtype:
 
 
 RECORD_DTYPE = _dtype()
+if RECORD_DTYPE.itemsize != sum(RECORD_DTYPE[n].itemsize for n in RECORD_DTYPE.names or ()):
+    raise ImportError("RECORD_DTYPE has padding: reorder or complete COLUMNS")
 
 
 def join_records(parts: list) -> np.ndarray:
@@ -141,6 +152,9 @@ class Kind(enum.IntEnum):
     OUTER_VLAN = 13     # the outer (service) tag of QinQ; on NetFlow/IPFIX (dot1qVlanId) the
                         # only tag of a single-tagged flow too, where 0 would say "untagged"
     TCP = 14            # the column as an unsigned integer; only for TCP flows
+    L7_PROTO = 15       # nDPI ids as ntopng reads them: "master.app" ("91.126"), or "app" for
+                        # one protocol; NetFlow/IPFIX: the app id
+    L7_NAME = 16        # nDPI names the same way ("TLS.Google"); NetFlow/IPFIX: NUL-padded
 
 
 class Form(enum.Enum):
@@ -190,6 +204,41 @@ def _is_icmp(records: np.ndarray) -> np.ndarray:
 
 def _is_tcp(records: np.ndarray) -> np.ndarray:
     return records["protocol"] == 6
+# --- nDPI protocol ids and names ----------------------------------------------------------------
+L7_NAME_LENGTH = 32           # NetFlow/IPFIX bytes of L7_PROTO_NAME (NUL-padded text)
+_L7_NAMES: Optional[list] = None
+
+
+def l7_names() -> list:
+    """nDPI's protocol names by id (this build's libndpi; ["Unknown"] without it), each cut to
+    31 bytes so that a "master.app" name fits every encoder's buffer, in printable ASCII without
+    the characters JSON or CSV would have to escape (none of nDPI's names has any)."""
+    global _L7_NAMES
+    if _L7_NAMES is None:
+        from engine._fastpath import l7_protocol_names
+        _L7_NAMES = [re.sub(r'[^ -~]|["\\,]', "_", n[:31]) for n in l7_protocol_names()] \
+            or ["Unknown"]
+    return _L7_NAMES
+
+
+def _l7_ids(records: np.ndarray) -> list:
+    return [f"{m}.{a}" if m else str(a)
+            for m, a in zip(records["l7_master"].tolist(), records["l7_app"].tolist())]
+
+
+def _l7_name_texts(records: np.ndarray) -> list:
+    names = l7_names()
+
+    def name(i: int) -> str:
+        return names[i] if i < len(names) else str(i)
+    return [f"{name(m)}.{name(a)}" if m else name(a)
+            for m, a in zip(records["l7_master"].tolist(), records["l7_app"].tolist())]
+
+
+def _l7_name_bytes(records: np.ndarray) -> np.ndarray:
+    texts = [t.encode()[:L7_NAME_LENGTH] for t in _l7_name_texts(records)]
+    return np.frombuffer(b"".join(t.ljust(L7_NAME_LENGTH, b"\0") for t in texts),
+                         np.uint8).reshape(len(texts), L7_NAME_LENGTH)
 
 
 CODECS: dict[Kind, Codec] = {
@@ -219,6 +268,9 @@ CODECS: dict[Kind, Codec] = {
     Kind.OUTER_VLAN: Codec(Form.NUMBER, lambda r, c: c.tolist(),
                            netflow=lambda r, c: np.where(c != 0, c, r["vlan"])),
     Kind.TCP: Codec(Form.NUMBER, lambda r, c: c.tolist(), _is_tcp, lambda r, c: c),
+    Kind.L7_PROTO: Codec(Form.TEXT, lambda r, c: _l7_ids(r), netflow=lambda r, c: c),
+    Kind.L7_NAME: Codec(Form.TEXT, lambda r, c: _l7_name_texts(r),
+                        netflow=lambda r, c: _l7_name_bytes(r), netflow_int=False),
 }
 
 
@@ -303,6 +355,12 @@ FIELDS: list[Field] = [
     _f("ENTROPY_SERVER_BYTES", NTOP_BASE_ID + 504, "entropy_s2c", K.UINT, 2, "server payload byte entropy x1000"),
     _f("SEQ_TDIFF", NTOP_BASE_ID + 505, "seq_tdiff", K.BINS, 0, "inter-arrival bins, first 256 packets"),
     _f("FLOW_SOURCE", NTOP_BASE_ID + 579, "flow_source", K.UINT, 1, "0 packets, 1 NetFlow/IPFIX, 2 sFlow"),
+    # nDPI's verdict (0 / "Unknown" when there is none: L7 off, undetected, collected)
+    _f("L7_PROTO", NTOP_BASE_ID + 118, "l7_app", K.L7_PROTO, 2, "nDPI protocol ids, master.app"),
+    _f("L7_PROTO_NAME", NTOP_BASE_ID + 119, "l7_app", K.L7_NAME, L7_NAME_LENGTH,
+       "nDPI protocol names, master.app"),
+    _f("L7_CONFIDENCE", NTOP_BASE_ID + 560, "l7_confidence", K.UINT, 1,
+       "nDPI confidence: 0 unknown, 1 by port, 2 by IP, 3 DPI cache, 4 DPI"),
     # per-direction vectors: no id anywhere, exported by name only
     _f("SEQ_PLEN_CLIENT", None, "seq_plen_c2s", K.BINS, 0, "payload-length bins, client packets"),
     _f("SEQ_PLEN_SERVER", None, "seq_plen_s2c", K.BINS, 0, "payload-length bins, server packets"),
@@ -377,6 +435,7 @@ DEFAULT_TEMPLATE: tuple[str, ...] = (
     "RETRANSMITTED_OUT_BYTES", "OOORDER_IN_PKTS", "OOORDER_OUT_PKTS", "ZERO_WINDOW_IN_PKTS",
     "ZERO_WINDOW_OUT_PKTS", "TCP_WIN_MAX_IN", "TCP_WIN_MAX_OUT", "CLIENT_NW_LATENCY_MS",
     "SERVER_NW_LATENCY_MS", "APPL_LATENCY_MS",
+    "L7_PROTO", "L7_PROTO_NAME", "L7_CONFIDENCE",
 )
 
 

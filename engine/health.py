@@ -64,6 +64,9 @@ def _metrics(snap: Snapshot):
     yield m
     yield counter("feature_pool_exhausted", "flows whose features lacked a histogram",
                   snap.feature_pool_exhausted)
+    yield counter("l7_packets", "packets given to nDPI", snap.l7_packets)
+    yield counter("l7_pool_empty", "flows left undetected: no nDPI flow state was free",
+                  snap.l7_pool_empty)
     yield gauge("packets_per_second", "packets/s over the last second", snap.pps)
     yield gauge("bits_per_second", "bits/s over the last second", snap.bps)
     yield gauge("uptime_seconds", "seconds since start", snap.uptime)

@@ -50,6 +50,9 @@ class TableOptions:
     idle_timeout: float = 30.0
     lifetime: float = 120.0
     features: bool = True
+    l7: bool = True                        # nDPI detection (where the build has nDPI)
+    l7_tcp_packets: int = 80               # packets nDPI may see of a TCP flow
+    l7_other_packets: int = 24             # ... of any other flow
 
 
 @dataclass(frozen=True)

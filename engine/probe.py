@@ -34,6 +34,9 @@ class ProbeConfig:
     mode: str = "packet_collection"
     shard_index: int = 0                 # a worker of `-g` owns this hash shard
     shard_count: int = 1                 # of this many (1: every packet; live fanout workers)
+    l7: bool = False                     # nDPI detection (the CLI turns it on where available)
+    l7_tcp_packets: int = 80
+    l7_other_packets: int = 24
 
 
 def feed(table: FlowTable, buf, meta: np.ndarray, deliver: Callable[[np.ndarray], None]) -> None:
@@ -181,7 +184,9 @@ class Probe(RunLoop):
         c = config
         self.table = FlowTable(max_flows=c.max_flows, idle_timeout=c.idle_timeout,
                                lifetime=c.lifetime, features=c.features,
-                               shard_index=c.shard_index, shard_count=c.shard_count)
+                               shard_index=c.shard_index, shard_count=c.shard_count, l7=c.l7,
+                               l7_tcp_packets=c.l7_tcp_packets,
+                               l7_other_packets=c.l7_other_packets)
         self.sources: list = []
         self.collected_records = 0
         self._finished: list[tuple] = []          # (source, its last stats())
@@ -285,6 +290,7 @@ class Probe(RunLoop):
             exported_flows=self.exported_flows, collected_records=self.collected_records,
             exported_by_reason=st["exported_by_reason"],
             feature_pool_exhausted=st["feature_pool_exhausted"],
+            l7_packets=st["l7_packets"], l7_pool_empty=st["l7_pool_empty"],
             pps=self._rates[0], bps=self._rates[1], exporters=exporters,
             flow_collection=merge_flow_collection(sources), collector_drops=collector_drops,
             interface=c.interface_name, mode=c.mode, idle_timeout=c.idle_timeout,

@@ -12,7 +12,8 @@ from engine import __version__
 
 # the counters a -g parent adds up over its workers
 SUMMED = ("packets", "bytes", "decoded", "kernel_drops", "kernel_received", "fragments",
-          "flows_created", "active_flows", "other_shard", "feature_pool_exhausted")
+          "flows_created", "active_flows", "other_shard", "feature_pool_exhausted",
+          "l7_packets", "l7_pool_empty")
 SUMMED_BY_REASON = ("drops", "exported_by_reason")
 
 
@@ -41,6 +42,8 @@ class Snapshot:
     collected_records: int = 0
     exported_by_reason: dict = field(default_factory=dict)
     feature_pool_exhausted: int = 0
+    l7_packets: int = 0               # packets given to nDPI
+    l7_pool_empty: int = 0            # flows left undetected: no nDPI flow state was free
     pps: float = 0.0
     bps: float = 0.0
     exporters: dict = field(default_factory=dict)      # every exporter's counters

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Sets flowprobe up on Debian 12 from scratch: system packages, a virtual environment in .venv,
-# the Python dependencies and the Cython build. With --test, also the test tools and the real
-# peers the tests run (softflowd, pmacct, nfdump, tshark, nDPI's TLV decoder, iproute2).
+# Sets flowprobe up on Debian 12 from scratch: system packages (libndpi-dev: L7 detection), a
+# virtual environment in .venv, the Python dependencies and the Cython build. With --test, also
+# the test tools and the real peers the tests run (softflowd, pmacct, nfdump, tshark, ndpiReader,
+# iproute2).
 # A rerun does only what changed: apt when a package is missing, the build when a source is newer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-packages=(python3 python3-venv python3-dev gcc libc6-dev libpcap-dev)
+packages=(python3 python3-venv python3-dev gcc libc6-dev libpcap-dev libndpi-dev)
 extras=""
 if [ "${1:-}" = "--test" ]; then
-    packages+=(iproute2 softflowd nfdump tshark tcpdump pmacct libndpi-dev tcpreplay)
+    packages+=(iproute2 softflowd nfdump tshark tcpdump pmacct libndpi-bin tcpreplay)
     extras="[test]"
 fi
 missing=$(dpkg-query -W -f='${Package} ${Status}\n' "${packages[@]}" 2>/dev/null \

@@ -44,6 +44,8 @@ cdef enum:
     K_TUNNEL
     K_OUTER_VLAN
     K_TCP
+    K_L7_PROTO
+    K_L7_NAME
 
 
 def _check_kinds():
@@ -51,7 +53,8 @@ def _check_kinds():
     ours = {"UINT": K_UINT, "SEC": K_SEC, "MS": K_MS, "FLAGS_OR": K_FLAGS_OR, "IPV4": K_IPV4,
             "IPV6": K_IPV6, "EXPORTER_V4": K_EXP_V4, "EXPORTER_V6": K_EXP_V6, "MAC": K_MAC,
             "BINS": K_BINS, "ICMP": K_ICMP, "END_REASON": K_END_REASON, "TUNNEL": K_TUNNEL,
-            "OUTER_VLAN": K_OUTER_VLAN, "TCP": K_TCP}
+            "OUTER_VLAN": K_OUTER_VLAN, "TCP": K_TCP, "L7_PROTO": K_L7_PROTO,
+            "L7_NAME": K_L7_NAME}
     if ours != {k.name: k.value for k in Kind}:
         raise ImportError("engine.export._encode: value kinds out of step with engine.fields.Kind "
                           "(rebuild the extension)")
@@ -163,6 +166,66 @@ cdef inline void put_uint_text(buf_t* b, uint64_t v) noexcept:
     b.n += utoa(v, b.p + b.n)
 
 
+@cython.final
+cdef class L7Names:
+    """nDPI's protocol names (engine.fields.l7_names) as C strings, and the two L7 texts of a
+    record: "M.A" / "A" ids and "Master.App" / "App" names (master 0: one protocol)."""
+    cdef object names            # bytes objects, which own the texts
+    cdef const char** text
+    cdef int* length
+    cdef int count
+    cdef int off_master, off_app
+
+    def __cinit__(self, dtype, bint names):
+        """``names``: load nDPI's names (a detection module is built once per process for
+        them), for a template with L7_PROTO_NAME."""
+        from engine.fields import l7_names
+        cdef int i
+        self.names = [n.encode() for n in l7_names()] if names else []
+        self.count = len(self.names)
+        self.text = <const char**>malloc(max(self.count, 1) * sizeof(char*))
+        self.length = <int*>malloc(max(self.count, 1) * sizeof(int))
+        if self.text == NULL or self.length == NULL:
+            raise MemoryError()
+        for i in range(self.count):
+            self.text[i] = <const char*>(<bytes>self.names[i])
+            self.length[i] = len(self.names[i])
+        self.off_master = dtype.fields["l7_master"][1]
+        self.off_app = dtype.fields["l7_app"][1]
+
+    def __dealloc__(self):
+        free(self.text)
+        free(self.length)
+
+    cdef inline int name(self, uint16_t id, char* out) noexcept nogil:
+        if id < self.count:
+            memcpy(out, self.text[id], self.length[id])
+            return self.length[id]
+        return utoa(id, out)
+
+    cdef inline int ids(self, const uint8_t* rec, char* out) noexcept nogil:
+        """At most 11 bytes."""
+        cdef uint16_t m = (<const uint16_t*>(rec + self.off_master))[0]
+        cdef uint16_t a = (<const uint16_t*>(rec + self.off_app))[0]
+        cdef int n = 0
+        if m:
+            n = utoa(m, out)
+            out[n] = 46                            # '.'
+            n += 1
+        return n + utoa(a, out + n)
+
+    cdef inline int names_of(self, const uint8_t* rec, char* out) noexcept nogil:
+        """At most 63 bytes (names are cut to 31 bytes)."""
+        cdef uint16_t m = (<const uint16_t*>(rec + self.off_master))[0]
+        cdef uint16_t a = (<const uint16_t*>(rec + self.off_app))[0]
+        cdef int n = 0
+        if m:
+            n = self.name(m, out)
+            out[n] = 46
+            n += 1
+        return n + self.name(a, out + n)
+
+
 cdef inline uint64_t read_uint(const uint8_t* rec, int off, int size) noexcept nogil:
     cdef const uint8_t* q = rec + off
     if size == 1:
@@ -238,6 +301,7 @@ cdef class Encoder:
     cdef int nspecs
     cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags
     cdef object tunnels
+    cdef L7Names l7
     cdef uint8_t end_reason_code[16]
     cdef Py_ssize_t stride
 
@@ -289,6 +353,7 @@ cdef class Encoder:
         self.off_cflags = dtype.fields["client_tcp_flags"][1]
         self.off_sflags = dtype.fields["server_tcp_flags"][1]
         self.tunnels = [t.encode() for t in TUNNELS]
+        self.l7 = L7Names(dtype, any(int(f.kind) == K_L7_NAME for f in fields))
         for i, code in enumerate(END_REASON_IPFIX):
             self.end_reason_code[i] = code
 
@@ -341,6 +406,10 @@ cdef class Encoder:
             t = <bytes>self.tunnels[q[0]]
             memcpy(out, <const char*>t, len(t))
             return len(t)
+        if k == K_L7_PROTO:
+            return self.l7.ids(rec, out)
+        if k == K_L7_NAME:
+            return self.l7.names_of(rec, out)
         return -1
 
     cdef inline int number(self, spec_t* s, const uint8_t* rec, uint64_t* v) noexcept:
@@ -674,10 +743,10 @@ cdef inline void put_entropy(buf_t* b, uint16_t v) noexcept:
     b.n += snprintf(b.p + b.n, 16, "%.2f", v / 1000.0)
 
 
-def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
+def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel, bint l7=False):
     """The readable dump (engine.export.dump's reference twin): one line a flow,
     'PROTO  client -> server [vlan N] [A pkts/B bytes <-> C pkts/D bytes] D.DDDs' and, when the
-    template has them, the features and the tunnel."""
+    template has them, the features, the tunnel and nDPI's name of the application."""
     from engine.export.dump import PROTO_NAMES
     from engine.fields import TUNNELS
     cdef text_cols_t c
@@ -698,6 +767,8 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     c.plen, c.tdiff = f["seq_plen"][1], f["seq_tdiff"][1]
     c.ent_c, c.ent_s, c.tunnel = f["entropy_c2s"][1], f["entropy_s2c"][1], f["tunnel"][1]
     c.source, c.icmp = f["flow_source"][1], f["icmp_type"][1]
+    cdef L7Names l7names = L7Names(dtype, l7)
+    cdef int off_app = f["l7_app"][1]
     names = [f"{PROTO_NAMES.get(p, str(p)):<6} ".encode() for p in range(256)]
     tunnels = [f" tunnel={t}".encode() for t in TUNNELS]
     cdef bytes name
@@ -706,7 +777,7 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
     try:
         for i in range(nrec):
             rec = base + i * stride
-            grow(&b, 400)
+            grow(&b, 480)
             name = <bytes>names[rec[c.proto]]
             put(&b, <const char*>name, len(name))
             icmp = rec[c.proto] == 1 or rec[c.proto] == 58
@@ -759,6 +830,9 @@ def text_lines(cnp.ndarray records, dtype, bint features, bint tunnel):
             if tunnel and rec[c.tunnel]:
                 name = <bytes>tunnels[rec[c.tunnel]]
                 put(&b, <const char*>name, len(name))
+            if l7 and (<const uint16_t*>(rec + off_app))[0]:
+                put(&b, " l7=", 4)
+                b.n += l7names.names_of(rec, b.p + b.n)
             put_byte(&b, 10)
         return PyBytes_FromStringAndSize(b.p, b.n)
     finally:
@@ -791,6 +865,7 @@ cdef class WireEncoder:
     cdef wire_t* specs
     cdef int nspecs
     cdef int off_ipver, off_expver, off_proto, off_cflags, off_sflags, off_vlan
+    cdef L7Names l7
     cdef uint8_t end_reason_code[16]
     cdef Py_ssize_t stride
     cdef public Py_ssize_t rowsize
@@ -821,6 +896,7 @@ cdef class WireEncoder:
         self.off_proto = dtype.fields["protocol"][1]
         self.off_cflags = dtype.fields["client_tcp_flags"][1]
         self.off_sflags = dtype.fields["server_tcp_flags"][1]
+        self.l7 = L7Names(dtype, any(int(f.kind) == K_L7_NAME for f, _, _ in fields))
         for i, code in enumerate(END_REASON_IPFIX):
             self.end_reason_code[i] = code
 
@@ -859,6 +935,7 @@ cdef class WireEncoder:
         cdef wire_t* s
         cdef const uint8_t* q
         cdef bint applies, numeric
+        cdef char name[64]
         for j in range(self.nspecs):
             s = &self.specs[j]
             q = rec + s.off
@@ -867,7 +944,7 @@ cdef class WireEncoder:
             applies = True
             if s.time:
                 v = clamp32(<int64_t>read_uint(rec, s.off, s.size) - base_ms)
-            elif s.kind == K_UINT or s.kind == K_MS:
+            elif s.kind == K_UINT or s.kind == K_MS or s.kind == K_L7_PROTO:
                 v = read_uint(rec, s.off, s.size)
             elif s.kind == K_OUTER_VLAN:          # dot1qVlanId: the outer tag, or the only one
                 v = read_uint(rec, s.off, s.size)
@@ -884,6 +961,14 @@ cdef class WireEncoder:
                 v = self.end_reason_code[rec[s.off] & 15]
             elif s.kind == K_TCP:
                 v = read_uint(rec, s.off, s.size) if rec[self.off_proto] == 6 else 0
+            elif s.kind == K_L7_NAME:                # NUL-padded text, cut to the length
+                k = self.l7.names_of(rec, name)
+                if k > n:
+                    k = n
+                memcpy(p, name, k)
+                memset(p + k, 0, n - k)
+                p += n
+                continue
             else:
                 numeric = False
                 if s.kind == K_IPV4 or s.kind == K_IPV6:

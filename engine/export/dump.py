@@ -52,6 +52,7 @@ class DumpExporter(Exporter):
             self._fd = None
         self._features = "SEQ_PLEN" in self.names
         self._tunnel = "TUNNEL_TYPE" in self.names
+        self._l7 = "L7_PROTO_NAME" in self.names
 
     def lines(self, records: np.ndarray) -> bytes:
         if self.fmt is DumpFormat.JSON:
@@ -59,7 +60,7 @@ class DumpExporter(Exporter):
         if self.fmt is DumpFormat.CSV:
             return self._c.csv_lines(records)
         from engine.export._encode import text_lines
-        return text_lines(records, RECORD_DTYPE, self._features, self._tunnel)
+        return text_lines(records, RECORD_DTYPE, self._features, self._tunnel, self._l7)
 
     def export(self, records: np.ndarray) -> None:
         if len(records) == 0:
@@ -108,12 +109,13 @@ def reference_lines(fmt, records: np.ndarray, names=DEFAULT_TEMPLATE, header: bo
                         for k, v in r.items()})
         return buf.getvalue()
     sources = records["flow_source"].tolist()
+    apps = records["l7_app"].tolist()
     legend = TEXT_LEGEND.decode() if "SEQ_PLEN" in names else TEXT_LEGEND.decode().split(";")[0] + "\n"
-    return (legend if header else "") + "".join(_text(r, src) + "\n"
-                                                for r, src in zip(rows, sources))
+    return (legend if header else "") + "".join(_text(r, src, app) + "\n"
+                                                for r, src, app in zip(rows, sources, apps))
 
 
-def _text(d: dict, flow_source: int = 0) -> str:
+def _text(d: dict, flow_source: int = 0, l7_app: int = 0) -> str:
     proto = PROTO_NAMES.get(d["PROTOCOL"], str(d["PROTOCOL"]))
     vlan = f" vlan {d['SRC_VLAN']}" if d.get("SRC_VLAN") else ""
     dur = (d["FLOW_END_MILLISECONDS"] - d["FLOW_START_MILLISECONDS"]) / 1000
@@ -133,4 +135,6 @@ def _text(d: dict, flow_source: int = 0) -> str:
                  f"{d['ENTROPY_SERVER_BYTES'] / 1000:.2f}")
     if d.get("TUNNEL_TYPE", "none") != "none":
         line += f" tunnel={d['TUNNEL_TYPE']}"
+    if "L7_PROTO_NAME" in d and l7_app:              # nDPI named the application
+        line += f" l7={d['L7_PROTO_NAME']}"
     return line

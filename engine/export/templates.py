@@ -42,10 +42,11 @@ PROBE_FIELDS: dict[str, ProbeField] = {
 
 # @NTOPNG@: the fields ntopng interprets (protocol spec §7.2/§7.3) that the registry provides.
 # The core of ntopng's documented list (MACs, VLAN, addresses, ports, IP version, protocol,
-# counters, first/last switched) plus what ntopng uses for TCP state, fragments, TOS, QinQ and
-# the flow source, and the TCP health fields ntopng reads (§7.3; the retransmitted bytes and the
-# zero-window counts are extra info there: add them with %NAME). L7_PROTO is not there:
-# flowprobe does no DPI, ntopng guesses from the ports.
+# counters, first/last switched, L7_PROTO) plus what ntopng uses for TCP state, fragments, TOS,
+# QinQ and the flow source, nDPI's name and confidence, and the TCP health fields ntopng reads
+# (§7.3; the retransmitted bytes and the zero-window counts are extra info there: add them with
+# %NAME). Without a verdict (L7 off, undetected) L7_PROTO is "0", which ntopng takes as
+# absent: it guesses from the ports.
 # Left out on purpose: ICMP_TYPE (id 32 is not a PEN-0 id ntopng handles, so it would be re-read as
 # ntop element 32), the millisecond times (only 21/22 are used) and the behaviour features (extra
 # info only; add them with %NAME).
@@ -56,6 +57,7 @@ NTOPNG_FIELDS: tuple[str, ...] = (
     "IN_BYTES", "IN_PKTS", "OUT_BYTES", "OUT_PKTS", "FIRST_SWITCHED", "LAST_SWITCHED",
     "TCP_FLAGS", "CLIENT_TCP_FLAGS", "SERVER_TCP_FLAGS", "SRC_TOS", "DST_TOS",
     "SRC_FRAGMENTS", "DST_FRAGMENTS", "INPUT_SNMP", "OUTPUT_SNMP", "FLOW_SOURCE",
+    "L7_PROTO", "L7_PROTO_NAME", "L7_CONFIDENCE",
     # TCP health (ntopng reads these; TCP flows only)
     "RETRANSMITTED_IN_PKTS", "RETRANSMITTED_OUT_PKTS", "OOORDER_IN_PKTS", "OOORDER_OUT_PKTS",
     "CLIENT_NW_LATENCY_MS", "SERVER_NW_LATENCY_MS", "APPL_LATENCY_MS",
