@@ -1,6 +1,7 @@
 """Probe on real traffic: flowprobe beside softflowd on a capture built from the development
-captures (tools/realistic_pcap.py: K address-rewritten copies of nDPI's Ethernet captures), and
-the CPU each output format adds per flow, all rows in one run.
+captures (tools/realistic_pcap.py: K address-rewritten copies of nDPI's Ethernet captures), the
+CPU each output format adds per flow, and, where flowprobe has nDPI, application detection beside
+Debian's ndpiReader (the same libndpi, one thread), all rows in one run.
 
 Rows are whole commands timed with os.wait4 (CPU = user + system, start-up included), repetitions
 interleaved across rows so that load from other work hits all rows alike; median (min-max).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -116,6 +118,14 @@ def _flowprobe(pcap: pathlib.Path, extra: list[str]):
     return go
 
 
+def _ndpireader(pcap: pathlib.Path):
+    r = common.run_child(["ndpiReader", "-i", str(pcap), "-n", "1", "-q"])
+    if r.returncode != 0:
+        raise RuntimeError(f"ndpiReader failed ({r.returncode}): {r.stderr[-1500:]}")
+    r.extra = {}
+    return r
+
+
 def measure(pcap: pathlib.Path, reps: int, formats: bool) -> dict:
     rows: dict[str, dict] = {}
 
@@ -135,6 +145,10 @@ def measure(pcap: pathlib.Path, reps: int, formats: bool) -> dict:
             _flowprobe(pcap, FORMATS["NetFlow v9"]))
     add("softflowd", "softflowd -r FILE -v 9 -n 127.0.0.1:PORT",
         lambda: engine.run_softflowd(pcap, 262144))
+    if nol7 and shutil.which("ndpiReader"):
+        # application detection beside nDPI's own reader (one thread, the same libndpi)
+        add("l7", "flowprobe -n none with nDPI", _flowprobe(pcap, []))
+        add("ndpireader", "ndpiReader -i FILE -n 1 -q", lambda: _ndpireader(pcap))
     if formats:
         for label, args in FORMATS.items():
             if label != "NetFlow v9":
@@ -178,6 +192,16 @@ def markdown(res: dict) -> str:
                      f" | {common.fmt_rate(packets / med[key])} | {sf / med[key]:.2f}x | "
                      f"{common.fmt_summary(r['wall_s'], lambda x: '%.2f s' % x)} | "
                      f"{r['maxrss_bytes']['median'] / 1e6:.0f} MB |")
+    if "ndpireader" in rows:
+        nd = med["ndpireader"]
+        lines += ["", "**Application detection beside ndpiReader** (the same libndpi, one thread "
+                  "each):", "", "| command | CPU time | packets per CPU-second | vs ndpiReader |",
+                  "|---|---|---|---|"]
+        for key in ("l7", "none", "ndpireader"):
+            r = rows[key]
+            lines.append(f"| `{r['label']}` | "
+                         f"{common.fmt_summary(r['cpu_s'], lambda x: '%.2f s' % x)} | "
+                         f"{common.fmt_rate(packets / med[key])} | {nd / med[key]:.2f}x |")
     sfd = rows["softflowd"]["detail"][0]
     lines += ["", f"softflowd expired {sfd.get('flows')} flows and sent {sfd.get('records')} v9 "
               "records (one a direction); flowprobe's flows are bidirectional."]
