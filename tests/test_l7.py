@@ -282,3 +282,35 @@ def test_l7_options():
     for bad in ("0", "a", "1,2,3"):
         with pytest.raises((FlowprobeError, SystemExit)):
             arguments.parse(["-i", path, "--l7-max-packets", bad])
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_l7_proto_over_netflow_and_back_through_the_collector(traffic, version):
+    """L7_PROTO goes out over NetFlow v9/IPFIX as nProbe sends it (the 2-byte app id) and a
+    collector keeps it (the C decode and its numpy twin alike), so that passthrough gives ntopng
+    the application a probe named."""
+    import socket
+    from engine.collect.collector import Collector
+    from engine.export.netflow import NetFlowExporter
+    from engine.probe import capture_records
+    recs, _ = capture_records(str(traffic[0]), l7=True)
+    assert (recs["l7_app"] != 0).sum() > len(recs) // 2       # nDPI named most of them
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(1)
+    port = rx.getsockname()[1]
+    exp = NetFlowExporter([(f"127.0.0.1:{port}", ("127.0.0.1", port), socket.AF_INET)],
+                          version=version)
+    exp.export(recs)
+    exp.close()
+    grams = []
+    try:
+        while True:
+            grams.append((rx.recv(65535), "127.0.0.1", 0.0))
+    except socket.timeout:
+        rx.close()
+    key = ["src_port", "dst_port", "protocol", "l7_app"]
+    for c_decode in (True, False):
+        got = Collector(mode="passthrough", c_decode=c_decode).feed(grams)
+        assert sorted(got[key].tolist()) == sorted(recs[key].tolist())

@@ -25,6 +25,7 @@ SAMPLING_ELEMENTS = _SAMPLING | {306}
 # convert() handles those elements itself.
 _DECODES = {Kind.UINT: ("int", None), Kind.FLAGS_OR: ("int", None), Kind.ICMP: ("icmp", None),
             Kind.OUTER_VLAN: ("int", None), Kind.TCP: ("int", None),
+            Kind.L7_PROTO: ("int", None),          # the app id (nProbe's L7_PROTO element)
             Kind.IPV4: ("ipv4", 4), Kind.IPV6: ("ipv6", 16), Kind.EXPORTER_V4: ("exp4", 4),
             Kind.EXPORTER_V6: ("exp6", 16), Kind.MAC: ("mac", 6)}
 
