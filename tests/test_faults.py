@@ -47,8 +47,8 @@ def test_viewer_goes_away_and_comes_back(probe_mode):
     """flowprobe keeps collecting while the viewer is gone, sends to it again once it is back,
     and every flow is received or counted as a drop. In pull mode, except what went out while
     the viewer's connection was closing (libzmq still had its pipe, so the send succeeded): at
-    most the one message of the gap's first export, which the viewer that comes back sees as a
-    gap in the message ids."""
+    most the gap's first export (up to 150 flows here, two messages when it holds more than
+    255), which the viewer that comes back sees as a gap in the message ids."""
     udp, zport = free_port(socket.SOCK_DGRAM), free_port()
     endpoint = f"tcp://127.0.0.1:{zport}"
     cmd = [sys.executable, "-m", "engine", "-i", "none", "--collector-port", f"127.0.0.1:{udp}",
@@ -71,8 +71,13 @@ def test_viewer_goes_away_and_comes_back(probe_mode):
     got, ids = [], []
     for phase in range(3):            # viewer up, viewer gone, viewer back
         if phase == 1:
-            send(300)
-            time.sleep(1.5)           # exported (at least once a second) while nobody listens
+            # exported (at least once a second) while nobody listens, in two halves 1.5 s apart:
+            # the first may still go into the closing connection (libzmq has not yet told the
+            # XPUB of the unsubscription), the second must find no subscriber and be counted
+            send(150)
+            time.sleep(1.5)
+            send(150)
+            time.sleep(1.5)
             assert fp.proc.poll() is None, "\n".join(fp.lines)
             continue
         with Subscriber(viewer) as sub:
@@ -95,8 +100,8 @@ def test_viewer_goes_away_and_comes_back(probe_mode):
         assert lost == 0, (got, line)
         return
     assert ids[1][0] > ids[0][-1] + 1, (ids, got, line)  # the gap shows in the message ids
-    assert 0 <= lost < 300 and lost < drops, (got, line)   # received or counted, but for the
-    # flows of at most one message, sent into the connection as it closed
+    assert 0 <= lost <= 150 and drops >= 150, (got, line)   # received or counted, but for
+    # the flows of the first export after the viewer left, sent into the connection as it closed
 
 
 @pytest.fixture
