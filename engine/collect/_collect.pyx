@@ -188,19 +188,27 @@ cdef Py_ssize_t decode_set(const uint8_t* p, Py_ssize_t end, Py_ssize_t nrec,
                            Py_ssize_t* starts) noexcept nogil:
     """Up to ``nrec`` records of one data set (``end`` bytes at ``p``) into ``out``; ``sp`` is
     its row of the set table (the header values convert() takes as meta). Returns the rows."""
-    cdef Py_ssize_t k, off = 0, n = 0, r, fi, col
+    cdef Py_ssize_t k, off = 0, n = 0, r, fi, col, reclen = prog[H_RECLEN]
     cdef Py_ssize_t nfields = prog[H_NFIELDS], nsteps = prog[H_NSTEPS]
     cdef const int64_t* lengths = prog + HDR
     cdef const int64_t* st
+    cdef const uint8_t* q = p               # the record's fields are at q + starts[i]
     cdef int64_t flags = prog[H_FLAGS]
     cdef uint8_t* row
     cdef uint64_t v, icmp, samp, rate, first_v, last_v
     cdef int64_t init, first, last
     cdef uint8_t proto
+    if reclen:                              # fixed fields: the same starts in every record
+        if walk(lengths, nfields, p, 0, reclen, starts) < 0:
+            return 0
+        nrec = min(nrec, end // reclen)
     for r in range(nrec):
-        off = walk(lengths, nfields, p, off, end, starts)
-        if off < 0:
-            break
+        if reclen:
+            q = p + r * reclen
+        else:
+            off = walk(lengths, nfields, p, off, end, starts)
+            if off < 0:
+                break
         row = out + n * ROW
         n += 1
         memset(row, 0, ROW)
@@ -217,24 +225,24 @@ cdef Py_ssize_t decode_set(const uint8_t* p, Py_ssize_t end, Py_ssize_t nrec,
             fi = st[1]
             col = st[2]
             if st[0] == OP_INT:
-                store(row + col, <int>st[3], u64(p + starts[fi], lengths[fi]))
+                store(row + col, <int>st[3], u64(q + starts[fi], lengths[fi]))
             elif st[0] == OP_COPY:
-                memcpy(row + col, p + starts[fi], st[3])
+                memcpy(row + col, q + starts[fi], st[3])
             elif st[0] == OP_EXP4:
-                memcpy(row + col, p + starts[fi], 4)
+                memcpy(row + col, q + starts[fi], 4)
                 memset(row + col + 4, 0, 12)
                 row[C_EXPORTER_IPV] = 4
             elif st[0] == OP_EXP6:
-                memcpy(row + col, p + starts[fi], 16)
+                memcpy(row + col, q + starts[fi], 16)
                 row[C_EXPORTER_IPV] = 6
             elif st[0] == OP_ICMP_SET:
-                icmp = u64(p + starts[fi], lengths[fi])
+                icmp = u64(q + starts[fi], lengths[fi])
             elif st[0] == OP_ICMP_HI:
-                icmp = icmp + (u64(p + starts[fi], lengths[fi]) << 8)
+                icmp = icmp + (u64(q + starts[fi], lengths[fi]) << 8)
             elif st[0] == OP_ICMP_LO:
-                icmp = icmp + u64(p + starts[fi], lengths[fi])
+                icmp = icmp + u64(q + starts[fi], lengths[fi])
             elif st[0] == OP_SAMPLING:
-                v = u64(p + starts[fi], lengths[fi])
+                v = u64(q + starts[fi], lengths[fi])
                 if v > samp:
                     samp = v
         if prog[H_IPVERSION]:
@@ -242,13 +250,13 @@ cdef Py_ssize_t decode_set(const uint8_t* p, Py_ssize_t end, Py_ssize_t nrec,
         if flags & FLAG_ICMP:
             store(row + C_ICMP, 2, icmp)
         if prog[H_INIT] >= 0:
-            init = <int64_t>u64(p + starts[prog[H_INIT]], lengths[prog[H_INIT]])
+            init = <int64_t>u64(q + starts[prog[H_INIT]], lengths[prog[H_INIT]])
         first = last = sp[S_EXPORT_MS]
         if prog[H_FIRST] >= 0:
-            first_v = u64(p + starts[prog[H_FIRST]], lengths[prog[H_FIRST]])
+            first_v = u64(q + starts[prog[H_FIRST]], lengths[prog[H_FIRST]])
             first = time_ms(first_v, prog[H_FIRST_KIND], sp[S_EXPORT_MS], sp[S_UPTIME_MS], init)
         if prog[H_LAST] >= 0:
-            last_v = u64(p + starts[prog[H_LAST]], lengths[prog[H_LAST]])
+            last_v = u64(q + starts[prog[H_LAST]], lengths[prog[H_LAST]])
             last = time_ms(last_v, prog[H_LAST_KIND], sp[S_EXPORT_MS], sp[S_UPTIME_MS], init)
             if prog[H_FIRST] < 0:
                 first = last
