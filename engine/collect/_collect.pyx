@@ -348,7 +348,8 @@ cdef enum:
     TAKEN = 0               # Scanner.take: the datagram is counted and decoded
     BAIL = 1                # it needs the Python parsers (templates, options, unknown, malformed)
     FULL = 2                # its records do not fit in ``out``
-    CHUNK = 256             # datagrams gathered (with the GIL) before a walk without it
+    CHUNK = 64              # datagrams gathered (with the GIL) before a walk without it: each
+                            # one past a datagram left to Python is gathered again
     MAX_SETS = 16384        # data sets in one datagram (65535 bytes of 4-byte sets at most)
     V_V5 = 0                # the version part of a domain key
     V_V9 = 1
@@ -613,6 +614,9 @@ cdef class Scanner:
                     break
                 ptrs[m] = <const uint8_t*>PyBytes_AS_STRING(data)
                 lens[m] = PyBytes_GET_SIZE(data)
+                if lens[m] < 4 or ptrs[m][0] != 0 or not (ptrs[m][1] == 5 or ptrs[m][1] == 9
+                                                         or ptrs[m][1] == 10):
+                    break                           # sFlow, or no NetFlow/IPFIX: Python's
                 eslots[m] = slot
                 times[m] = t
                 m += 1
