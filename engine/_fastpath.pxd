@@ -205,6 +205,7 @@ cdef class FlowTable:
     cdef void expire_flow(self, uint32_t i, uint8_t reason) noexcept nogil
     cdef void prefetch_histograms(self, uint32_t i) noexcept nogil
     cdef void expire_due(self, uint64_t now) noexcept nogil
+    cdef void flush_all(self) noexcept nogil
     cdef uint32_t create(self, pkt_t* p, uint32_t h, int* direction) noexcept nogil
     cdef void reset_counters(self, flow_t* f, uint64_t ts) noexcept nogil
     cdef void features_update(self, uint32_t i, flow_t* f, pkt_t* p, int d) noexcept nogil

@@ -6,7 +6,8 @@ Everything per packet runs with the GIL released; Python is crossed once per bat
 packet becomes a counted reason, never an exception. See docs/DESIGN.md for the semantics (keys,
 expiry, features).
 """
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t, UINT32_MAX as NONE32
+from libc.stdint cimport (int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t,
+                          UINT32_MAX as NONE32)
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from libc.math cimport log2
@@ -825,6 +826,48 @@ cdef class FlowTable:
             done = self.run(bp, blen, mp, start, end)
         return done
 
+    def process_each(self, buffer, cnp.ndarray meta, Py_ssize_t start,
+                     int64_t[::1] index) -> int:
+        """Packets ``meta[start:]`` one at a time, each exported at once as its own flow (sFlow
+        samples: one record per IP sample, samples of one flow kept apart): the record at output
+        row j came from packet ``index[j]``. Returns the index of the first packet not processed:
+        ``len(meta)`` unless the output filled up (``take`` it, with ``index[:pending]``, and call
+        again)."""
+        cdef const uint8_t[::1] view = buffer
+        cdef Py_ssize_t n = meta.shape[0], k, j, row
+        cdef pkt_meta_t* mp
+        cdef const uint8_t* bp = &view[0] if view.shape[0] else NULL
+        cdef Py_ssize_t blen = view.shape[0]
+        if meta.dtype != META_DTYPE or not meta.flags.c_contiguous:
+            raise TypeError("meta must be a contiguous array of META_DTYPE")
+        if index.shape[0] < self.out_cap:
+            raise ValueError("index must have a row for every output row")
+        if start < 0:
+            start = 0
+        mp = <pkt_meta_t*>cnp.PyArray_DATA(meta)
+        k = start
+        with nogil:
+            while k < n and self.out_n + 2 <= self.out_cap:
+                row = self.out_n
+                self.run(bp, blen, mp, k, k + 1)
+                self.flush_all()
+                for j in range(row, self.out_n):
+                    index[j] = k
+                k += 1
+        return k
+
+    cdef void flush_all(self) noexcept nogil:
+        # flush() without the GIL: every flow out while the output has room
+        cdef uint32_t i
+        while self.out_n < self.out_cap:
+            if self.cl_head != NONE32:
+                i = self.cl_head
+                self.expire_flow(i, self.flows[i].closed - 1)
+            elif self.lru_head != NONE32:
+                self.expire_flow(self.lru_head, END_END)
+            else:
+                break
+
     def expire(self, uint64_t now_ns) -> bool:
         """Export flows idle (or closed and lingering) as of ``now_ns``; for live capture, where
         time passes without packets. Returns False when the output filled up first."""
@@ -838,16 +881,8 @@ cdef class FlowTable:
     def flush(self) -> bool:
         """Export every flow (end of input). Returns True once the table is empty; when False,
         ``take`` the output and call again."""
-        cdef uint32_t i
         with nogil:
-            while self.out_n < self.out_cap:
-                if self.cl_head != NONE32:
-                    i = self.cl_head
-                    self.expire_flow(i, self.flows[i].closed - 1)
-                elif self.lru_head != NONE32:
-                    self.expire_flow(self.lru_head, END_END)
-                else:
-                    break
+            self.flush_all()
         return self.lru_head == NONE32 and self.cl_head == NONE32
 
     def take(self):

@@ -1,8 +1,11 @@
-"""The collector's C decode of NetFlow v5, v9 and IPFIX data sets (engine/collect/_collect.pyx)
-held to its reference twin, the numpy conversion of template.py (``Collector(c_decode=False)``),
-datagram for datagram: real exporters' datagrams (recorded here, and the development set's), and
-generated templates and data sets of every kind of element (variable-length, enterprise and reverse
-elements, every time form, ICMP parts, sampling and init time in options and in records)."""
+"""The collector's C walk and decode of NetFlow v5, v9 and IPFIX datagrams
+(engine/collect/_collect.pyx: Scanner, decode_sets) held to its reference twin, every datagram
+parsed in Python and converted by numpy (``Collector(c_decode=False)``), datagram for datagram,
+records, statistics and per-domain state: real exporters' datagrams (recorded here, and the
+development set's), generated templates and data sets of every kind of element (variable-length,
+enterprise and reverse elements, every time form, ICMP parts, sampling and init time in options and
+in records), and generated streams of several exporters and domains (sequence gaps, repeats and
+resets, template changes and withdrawals, data before its template, cut datagrams)."""
 from __future__ import annotations
 
 import socket
@@ -49,7 +52,29 @@ def assert_same(fast: Collector, ref: Collector, batch: list) -> int:
             bad = [c for c in RECORD_DTYPE.names if not np.array_equal(x[c], y[c])]
             assert not bad, (bad, x[bad[0]], y[bad[0]])
     assert fast.stats() == ref.stats()
+    assert state(fast) == state(ref)
     return len(a)
+
+
+def state(col: Collector) -> dict:
+    """What the parsers keep per exporter and domain: sequence, sampling, init time, templates,
+    held data sets."""
+    return {name: (e.time_last_flow, {k: (d.next_seq, d.last_seq, d.sampling, d.init_ms,
+                                          sorted(d.templates), d.npending)
+                                      for k, d in e.domains.items()})
+            for name, e in col.exporters.items()}
+
+
+def parsed_in_python(col: Collector) -> list:
+    """The datagrams the C walk leaves to the Python parsers, recorded as they go."""
+    seen: list = []
+    parse = col._parse
+
+    def counting(data, addr, t):
+        seen.append(data)
+        parse(data, addr, t)
+    col._parse = counting                           # type: ignore[method-assign]
+    return seen
 
 
 def export_files():
@@ -237,3 +262,140 @@ def test_nf_send_load_is_collected_whole(version):
         assert (recs["in_bytes"] >= 1000).all() and (recs["in_pkts"] >= 10).all()
     finally:
         rx.close()
+
+
+# --- the C walk: headers, set walk, template lookup, sequence accounting ---------------------------
+
+EXPORTERS = ["10.9.0.1", "10.9.0.2", "2001:db8::9", "::ffff:10.9.0.3"]
+
+
+@st.composite
+def stream(draw):
+    """Datagrams of several exporters, versions and domains: data sets of the templates known at
+    the time (and of one never sent), template changes and refreshes, withdrawals, sequence numbers
+    in order, skipped, repeated, reset and counted softflowd's way, cut datagrams."""
+    templates: dict = {}            # (exporter, version, domain) -> {tid: fields}
+    seqs: dict = {}
+    grams = []
+    for _ in range(draw(st.integers(1, 24))):
+        addr = draw(st.sampled_from(EXPORTERS))
+        version = draw(st.sampled_from([5, 9, 10, 10]))
+        domain = draw(st.integers(0, 1))
+        key = (addr, version, domain)
+        seq = seqs.get(key)
+        if seq is None:
+            seq = draw(st.integers(0, 0xFFFFFFFF))
+        seq = (seq + draw(st.sampled_from([0, 0, 0, 0, 1, 7, -1, -2, 1 << 31]))) & 0xFFFFFFFF
+        kind = draw(st.sampled_from(["data", "data", "data", "data", "template", "withdraw",
+                                     "cut"]))
+        secs = draw(st.integers(1_600_000_000, 1_800_000_000))
+        uptime = draw(st.integers(0, 0xFFFFFFFF))
+        if version == 5:
+            count = draw(st.integers(1, 30))
+            gram = struct.pack(">HHIIIIBBH", 5, count, uptime, secs, draw(st.integers(0, 10**9)),
+                               seq, 0, domain, draw(st.integers(0, 0xFFFF))) + \
+                draw(st.binary(min_size=48 * count, max_size=48 * count))
+            advance = count
+        else:
+            known = templates.setdefault(key, {})
+            sets = []
+            if kind == "template" or not known:
+                tid = draw(st.integers(256, 258))
+                fields = draw(st.lists(element(version == 10), min_size=1, max_size=8))
+                if version == 9:
+                    fields = [(0, e, 4 if ln == VARLEN else ln) for _, e, ln in fields]
+                known[tid] = fields
+                sets.append(ipfix_template_set(tid, fields) if version == 10 else
+                            v9_template_set(tid, fields))
+            elif kind == "withdraw" and version == 10:
+                tid = draw(st.sampled_from(sorted(known)))
+                del known[tid]
+                sets.append(ipset(2, struct.pack(">HH", tid, 0)))
+            advance = 0
+            for _ in range(draw(st.integers(0 if sets else 1, 3))):
+                tid = draw(st.sampled_from(sorted(known) + [259]))
+                fields = known.get(tid, [(0, 1, 4)])
+                nrec = draw(st.integers(0, 40))
+                body = b"".join(value(draw, ln) for _ in range(nrec) for _, _, ln in fields)
+                sets.append(ipset(tid, body) if version == 10 else flowset(tid, body))
+                advance += nrec
+            if version == 10:
+                gram = ipfix(seq, sets, domain=domain, secs=secs)
+            else:
+                gram = v9(seq, sets, source_id=domain, uptime=uptime, secs=secs)
+                advance = 1
+        if kind == "cut":
+            gram = gram[:draw(st.integers(0, len(gram) - 1))]
+        elif draw(st.booleans()):                   # the exporter counts this message (softflowd)
+            advance = 0
+        seqs[key] = (seq + advance) & 0xFFFFFFFF
+        grams.append((gram, addr, float(draw(st.integers(1, 2000)))))
+    return grams
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream(), st.sampled_from(MODES), st.booleans())
+def test_generated_streams_walk_as_the_twin(grams, mode, upscale):
+    """Datagram for datagram and as one batch: the same records, statistics and domain state as
+    the twin; the batch's records in arrival order, as the datagrams fed one by one give them."""
+    fast, ref = twins(mode, upscale=upscale)
+    one_by_one = [fast.feed([g]) for g in grams]
+    for g, got in zip(grams, one_by_one):
+        want = ref.feed([g])
+        assert rows(got) == rows(want)
+    assert fast.stats() == ref.stats() and state(fast) == state(ref)
+    fast, ref = twins(mode, upscale=upscale)
+    batch = assert_same(fast, ref, grams)
+    fast, _ = twins(mode, upscale=upscale)
+    assert batch == sum(len(r) for r in one_by_one)
+    assert fast.feed(grams).tobytes() == b"".join(r.tobytes() for r in one_by_one)
+
+
+def test_data_only_datagrams_are_walked_in_c():
+    """Only the datagrams that carry templates (or are cut) reach the Python parsers; sequence
+    gaps, repeats and resets in the walked ones are counted as the twin counts them."""
+    tmpl = v9_template_set(256, [(0, 8, 4), (0, 12, 4), (0, 1, 4), (0, 2, 4), (0, 7, 2),
+                                 (0, 11, 2), (0, 4, 1)])
+    rec = bytes(range(21))
+    seqs = [1, 2, 3, 5, 5, 6, 100, 101, 2, 3]                       # gaps, a repeat, a reset
+    grams = [(v9(0, [tmpl]), "10.9.0.1", 1.0)] + \
+        [(v9(s, [flowset(256, rec * 30)]), "10.9.0.1", 2.0) for s in seqs] + \
+        [(v9(11, [flowset(256, rec * 30)])[:-7], "10.9.0.1", 3.0)]   # cut: bad_flowset_length
+    for batch in ([grams], [[g] for g in grams]):
+        fast, ref = twins()
+        python = parsed_in_python(fast)
+        assert sum(assert_same(fast, ref, b) for b in batch) == 30 * len(seqs)
+        assert python == [grams[0][0], grams[-1][0]]
+        st_ = fast.stats()["exporters"]["10.9.0.1"]
+        assert st_["netflow_v9"] == len(grams) and st_["lost"] > 0 and st_["sequence_resets"] > 0
+        assert st_["bad"] == {"bad_flowset_length": 1}
+
+
+def test_walk_output_grows_past_its_first_buffer():
+    """Datagrams of many short records (more rows than the walk's first buffer holds) in one
+    batch, among v5 and IPFIX datagrams of other exporters."""
+    tmpl = ipfix_template_set(300, [(0, 4, 1)])
+    grams = [(ipfix(0, [tmpl]), "10.9.0.1", 1.0)]
+    grams += [(ipfix(1 + 1000 * i, [ipset(300, bytes([6, 17]) * 500)]), "10.9.0.1", 1.0)
+              for i in range(6)]
+    grams += [(struct.pack(">HHIIIIBBH", 5, 2, 0, 1_700_000_000, 0, i, 0, 0, 0) + bytes(96),
+               "10.9.0.2", 1.0) for i in range(3)]
+    fast, ref = twins()
+    python = parsed_in_python(fast)
+    assert assert_same(fast, ref, grams) == 6000 + 6
+    assert python == [grams[0][0], grams[7][0]]            # a new exporter, a new v5 domain
+
+
+def test_exporter_and_domain_limits_as_the_twin():
+    """Datagrams past the exporter limit and the per-exporter domain limit are counted as the
+    twin counts them, among walked ones."""
+    from engine.collect.collector import MAX_DOMAINS_PER_EXPORTER
+    tmpl = ipfix_template_set(300, [(0, 8, 4), (0, 2, 4)])
+    grams = []
+    for d in range(MAX_DOMAINS_PER_EXPORTER + 3):
+        grams.append((ipfix(0, [tmpl], domain=d), "10.9.0.1", 1.0))
+        grams.append((ipfix(0, [ipset(300, bytes(8) * 3)], domain=d), "10.9.0.1", 1.0))
+    grams += [(ipfix(0, [tmpl, ipset(300, bytes(8))]), f"10.7.0.{i}", 1.0) for i in range(5)]
+    fast, ref = twins(max_exporters=3)
+    assert assert_same(fast, ref, grams) == 3 * MAX_DOMAINS_PER_EXPORTER + 2
+    assert fast.stats()["totals"]["exporters_over_limit"] == 3

@@ -172,6 +172,29 @@ def check_sflow_export(path):
 
 
 @pytest.mark.tools("tshark")
+def test_sflow_samples_of_many_datagrams_in_one_batch(exports):
+    """pmacctd's sFlow stream fed again and again as one batch, more samples than the decoder's
+    table holds at once (sflow.OUTPUT_ROWS): still one record per sample, the sizes tshark
+    gives, every copy alike."""
+    from engine.collect.sflow import OUTPUT_ROWS
+    path = exports / "pmacctd-sflow-v5.pcap"
+    t = tshark_fields(path, ["sflow_245.header.frame_length",
+                             "sflow_245.header.payload_stripped"])
+    frame = sorted(int(f) - int(s) - 14 for f, s in zip(t["sflow_245.header.frame_length"],
+                                                       t["sflow_245.header.payload_stripped"]))
+    copies = OUTPUT_ROWS // len(frame) + 2
+    col = Collector("passthrough")
+    recs = col.feed(udp_payloads(path) * copies)
+    assert len(recs) == copies * len(frame)
+    assert sorted((recs["in_bytes"] + recs["out_bytes"]).tolist()) == sorted(frame * copies)
+    assert (recs["in_pkts"] + recs["out_pkts"] == 1).all()
+    # in arrival order, each sample's record with its own datagram's details (agent, interfaces,
+    # rate, time): as the datagrams give them one batch each
+    alone = [Collector("passthrough").feed([g]) for g in udp_payloads(path)]
+    assert recs.tobytes() == b"".join(r.tobytes() for r in alone) * copies
+
+
+@pytest.mark.tools("tshark")
 def test_sflow_counter_and_upscale(pcaps_dir):
     recs, col = collect_file(PCAPS / "sflow.pcap")
     t = tshark_fields(PCAPS / "sflow.pcap", ["sflow.flow_sample.sampling_rate"])

@@ -1,5 +1,6 @@
 # C declarations of engine/collect/_collect.pyx: the layout of a compiled template program and of
-# the per-set table (cpdef enums: template.py and collector.py build them from Python).
+# the per-set table (cpdef enums: template.py and collector.py build them from Python), and the
+# state the per-datagram walk (Scanner) keeps in C.
 from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
 
 from engine.includes.mmsg cimport iovec, mmsghdr, sockaddr_storage
@@ -54,3 +55,73 @@ cdef class Receiver:
     cdef dict names
     cdef readonly unsigned long long calls
     cdef object name(self, const sockaddr_storage* sa)
+
+
+cdef struct ExpState:
+    # an exporter: its address for the rows, and the counters the walk adds (folded into
+    # Exporter.stats by Scanner.fold)
+    uint8_t addr[16]
+    uint8_t ipv
+    bint touched
+    bint has_t
+    double last_t           # arrival time of its last datagram with records
+    uint64_t datagrams, nbytes, v5, v9, ipfix, records, lost, resets
+
+
+cdef struct DomState:
+    # an observation domain's sequence state (Domain.next_seq/last_seq, -1: None), sampling
+    # interval and init time as the parsers left them
+    int64_t next_seq
+    int64_t last_seq
+    uint64_t sampling
+    int64_t init_ms
+    bint dirty
+
+
+cdef struct Entry:
+    uint64_t key            # the key + 1 (0: empty)
+    int64_t value           # a domain slot; for a template 0, -1: gone (a tombstone)
+    const int64_t* prog     # the template's program (NULL: options or gone)
+
+
+cdef struct Table:
+    # open addressing, linear probing, at most half full
+    Entry* slots
+    Py_ssize_t cap
+    Py_ssize_t used         # keys, tombstones included
+
+
+cdef struct SetRef:
+    Py_ssize_t off
+    Py_ssize_t length
+    Py_ssize_t count
+    const int64_t* prog
+
+
+cdef class Scanner:
+    cdef ExpState* exps
+    cdef Py_ssize_t nexp
+    cdef DomState* doms
+    cdef Py_ssize_t ndom
+    cdef Py_ssize_t* touched        # exporter slots touched since the last fold
+    cdef Py_ssize_t ntouched
+    cdef Py_ssize_t* dirty          # domain slots changed since the last fold
+    cdef Py_ssize_t ndirty
+    cdef Table domains              # (exporter slot, version, domain id) -> domain slot
+    cdef Table templates            # (domain slot, template id) -> program
+    cdef SetRef* sets               # one datagram's data sets, between its check and decode
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t maxfields
+    cdef const int64_t* v5prog
+    cdef object v5ref
+    cdef dict slots                 # exporter address text -> exporter slot
+    cdef dict refs                  # template key -> its program array (keeps it alive)
+    cdef uint64_t datagrams, flows  # Collector.totals datagrams, nf_ipfix_flows since the fold
+    cdef fit(self, Py_ssize_t nfields)
+    cdef int take(self, const uint8_t* p, Py_ssize_t length, Py_ssize_t eslot, double t,
+                  uint8_t* out, Py_ssize_t cap, Py_ssize_t* n, Py_ssize_t* need, bint upscale,
+                  bint normalize) noexcept nogil
+    cdef DomState* domain(self, Py_ssize_t eslot, uint64_t version, uint64_t did,
+                          Py_ssize_t* dslot) noexcept nogil
+    cdef Py_ssize_t check_sets(self, const uint8_t* p, Py_ssize_t off, Py_ssize_t end,
+                               Py_ssize_t dslot) noexcept nogil

@@ -1,11 +1,15 @@
 """Datagrams in, flow records out: per-exporter state, statistics and batching.
 
 ``Collector.feed(datagrams)`` takes a batch of (payload, exporter address, arrival time) and returns
-one RECORD_DTYPE array. Headers and templates are parsed in Python (netflow.py, ipfix.py); the data
-sets of every datagram of the batch are queued and decoded at the end of the batch in one C call
-(_collect.decode_sets, through each template's compiled program), in arrival order.
-``c_decode=False`` keeps the reference twin: the data sets of each template joined and converted
-by numpy (template.convert), grouped by template.
+one RECORD_DTYPE array. A datagram that holds only data sets of known templates is taken whole by
+C (_collect.Scanner: header, set walk, template lookup, sequence accounting and decode through
+each template's compiled program, the GIL released); the others (templates, options data, data
+before its template, anything malformed: the rare ones) are parsed in Python (netflow.py,
+ipfix.py, sflow.py), which keeps the Scanner's copy of the exporters, domains and templates
+current, their data sets decoded by one C call (_collect.decode_sets) before the walk goes on;
+records come out in arrival order.
+``c_decode=False`` keeps the reference twin: every datagram parsed in Python, the data sets of
+each template joined and converted by numpy (template.convert), grouped by template.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 from engine.fields import RECORD_DTYPE
 from engine.options import CollectorMode
 from engine.collect import _collect
-from engine.collect.template import Template, convert
+from engine.collect.template import V5_TEMPLATE, Template, convert
 
 _INT64 = 1 << 63
 
@@ -49,7 +53,7 @@ def _parsers():
 
 class Exporter:
     """One exporting device (by source address): counters and its observation domains."""
-    __slots__ = ("name", "addr16", "ipv", "stats", "bad", "domains", "time_last_flow")
+    __slots__ = ("name", "addr16", "ipv", "stats", "bad", "domains", "time_last_flow", "slot")
 
     def __init__(self, name: str):
         self.name = name
@@ -72,12 +76,13 @@ class Exporter:
         self.bad: dict[str, int] = {}
         self.domains: dict = {}
         self.time_last_flow = 0
+        self.slot = -1                  # in the Scanner (c_decode)
 
 
 class Domain:
     """(exporter, protocol version, source id / observation domain): templates and sequence."""
     __slots__ = ("templates", "next_seq", "last_seq", "sampling", "init_ms", "pending",
-                 "npending")
+                 "npending", "slot")
 
     def __init__(self) -> None:
         self.templates: dict[int, Template] = {}
@@ -87,6 +92,7 @@ class Domain:
         self.init_ms = -1
         self.pending: dict[int, list] = {}
         self.npending = 0
+        self.slot = -1                  # in the Scanner (c_decode; -1: sFlow, or the twin)
 
 
 class Collector:
@@ -115,6 +121,13 @@ class Collector:
         self._sets: list = []               # (template, data, meta, records) for the C decode
         self._extra: list = []
         self._samples: list = []
+        self._parts: list = []              # records decoded so far, in arrival order
+        # the C walk (c_decode) and what its slots name; the domains the Python parsers looked
+        # up while parsing one datagram (their state is handed back to the walk after it)
+        self._scan = _collect.Scanner(V5_TEMPLATE.compiled) if c_decode else None
+        self._slot_exporters: list[Exporter] = []
+        self._slot_domains: list[Domain] = []
+        self._py_domains: list[Domain] = []
 
     # --- entry points -------------------------------------------------------------------
     def exporter(self, name: str) -> Optional[Exporter]:
@@ -124,6 +137,9 @@ class Collector:
                 self.totals["exporters_over_limit"] += 1
                 return None
             e = self.exporters[name] = Exporter(name)
+            if self._scan is not None:
+                e.slot = self._scan.add_exporter(name, e.addr16, e.ipv)
+                self._slot_exporters.append(e)
         return e
 
     def domain(self, exp: Exporter, key) -> Optional[Domain]:
@@ -132,45 +148,133 @@ class Collector:
             if len(exp.domains) >= MAX_DOMAINS_PER_EXPORTER:
                 return None
             d = exp.domains[key] = Domain()
+            if self._scan is not None and exp.slot >= 0:
+                d.slot = self._scan.add_domain(exp.slot, key[0], key[1])
+                if d.slot >= 0:
+                    self._slot_domains.append(d)
+        if self._scan is not None:
+            self._py_domains.append(d)
         return d
+
+    def set_template(self, dom: Domain, tid: int, tmpl: Template) -> None:
+        dom.templates[tid] = tmpl
+        if self._scan is not None:
+            self._scan.set_template(dom.slot, tid, None if tmpl.is_options else tmpl.compiled)
+
+    def drop_templates(self, dom: Domain, tid: Optional[int] = None) -> int:
+        """Template ``tid`` of ``dom`` withdrawn (None: every one); how many were there."""
+        tids = list(dom.templates) if tid is None else [tid] if tid in dom.templates else []
+        for t in tids:
+            del dom.templates[t]
+            if self._scan is not None:
+                self._scan.set_template(dom.slot, t, None)
+        return len(tids)
 
     def feed(self, datagrams) -> np.ndarray:
         """Parse (payload, exporter address text, arrival time) tuples; the records they hold."""
-        netflow, ipfix, sflow = _parsers()
         self._groups = {}
         self._sets = []
         self._extra = []
         self._samples = []
+        self._parts = []
         now = time.time()
-        for data, addr, t in datagrams:
-            self.totals["datagrams"] += 1
-            exp = self.exporters.get(addr) or self.exporter(addr)
-            if exp is None:
-                continue
-            st = exp.stats
-            st["datagrams"] += 1
-            st["bytes"] += len(data)
-            try:
-                if len(data) < 4:
-                    self.bad_datagram(exp, "too_short", data)
-                    continue
-                b0, b1 = data[0], data[1]
-                if b0 == 0 and b1 == 9:
-                    netflow.parse_v9(self, exp, data, t)
-                elif b0 == 0 and b1 == 10:
-                    ipfix.parse_ipfix(self, exp, data, t)
-                elif b0 == 0 and b1 == 5:
-                    netflow.parse_v5(self, exp, data, t)
-                elif data[:4] == b"\0\0\0\x05":
-                    sflow.parse_sflow(self, exp, data, t)
-                else:
-                    self.bad_datagram(exp, "unknown_version", data)
-            except (struct.error, IndexError, ValueError, OverflowError):
-                self.bad_datagram(exp, "malformed", data)
+        if self._scan is None:
+            for data, addr, t in datagrams:
+                self._parse(data, addr, t)
+        else:
+            self._walk(datagrams if type(datagrams) is list else list(datagrams))
         if now - self._last_purge > 1.0:
             self._last_purge = now
             self.purge_pending(now)
         return self._finish()
+
+    def _parse(self, data, addr: str, t: float) -> None:
+        """One datagram by the Python parsers."""
+        netflow, ipfix, sflow = _parsers()
+        self.totals["datagrams"] += 1
+        exp = self.exporters.get(addr) or self.exporter(addr)
+        if exp is None:
+            return
+        st = exp.stats
+        st["datagrams"] += 1
+        st["bytes"] += len(data)
+        try:
+            if len(data) < 4:
+                self.bad_datagram(exp, "too_short", data)
+                return
+            b0, b1 = data[0], data[1]
+            if b0 == 0 and b1 == 9:
+                netflow.parse_v9(self, exp, data, t)
+            elif b0 == 0 and b1 == 10:
+                ipfix.parse_ipfix(self, exp, data, t)
+            elif b0 == 0 and b1 == 5:
+                netflow.parse_v5(self, exp, data, t)
+            elif data[:4] == b"\0\0\0\x05":
+                sflow.parse_sflow(self, exp, data, t)
+            else:
+                self.bad_datagram(exp, "unknown_version", data)
+        except (struct.error, IndexError, ValueError, OverflowError):
+            self.bad_datagram(exp, "malformed", data)
+
+    def _walk(self, datagrams: list) -> None:
+        """The batch through the C walk, in order; each datagram it leaves goes to _parse, with
+        the walk's counters and sequence state folded in before and the state the parser left
+        handed back after."""
+        normalize = self.mode is not CollectorMode.PASSTHROUGH
+        scan = self._scan
+        assert scan is not None
+        i, total, n, need = 0, len(datagrams), 0, 0
+        out = None
+        while i < total:
+            if out is None:
+                out = np.empty(max(need, 32 * (total - i)), RECORD_DTYPE)
+                n = 0
+            i, n, need = scan.scan(datagrams, i, out, n, self.upscale, normalize)
+            if need:                                # out is full
+                self._parts.append(out[:n])
+                out = None
+                continue
+            self._fold()
+            if i == total:
+                break
+            if n:                                   # the rows so far, before the parser's
+                self._parts.append(out[:n])
+                out, n = out[n:], 0
+            self._py_domains = []
+            self._parse(*datagrams[i])
+            for dom in self._py_domains:
+                scan.set_domain(dom.slot, dom.next_seq, dom.last_seq, dom.sampling, dom.init_ms)
+            if self._sets:
+                self._parts.append(self._decode_sets(normalize))
+                self._sets = []
+            i += 1
+        if out is not None and n:
+            self._parts.append(out[:n])
+
+    def _fold(self) -> None:
+        """The walk's counters into the exporters' and totals, its sequence state into the
+        domains."""
+        assert self._scan is not None
+        exps, doms, datagrams, flows = self._scan.fold()
+        self.totals["datagrams"] += datagrams
+        self.totals["nf_ipfix_flows"] += flows
+        for slot, dg, nbytes, v5, v9, ipfix, recs, lost, resets, t in exps:
+            e = self._slot_exporters[slot]
+            st = e.stats
+            st["datagrams"] += dg
+            st["bytes"] += nbytes
+            st["netflow_v5"] += v5
+            st["netflow_v9"] += v9
+            st["ipfix"] += ipfix
+            st["records"] += recs
+            st["netflow_ipfix_flows"] += recs
+            st["lost"] += lost
+            st["sequence_resets"] += resets
+            if t is not None:
+                e.time_last_flow = int(t)
+        for slot, next_seq, last_seq in doms:
+            d = self._slot_domains[slot]
+            d.next_seq, d.last_seq = next_seq, last_seq
 
     # --- helpers the parsers call -----------------------------------------------------------
     def bad_datagram(self, exp: Exporter, reason: str, data: bytes) -> None:
@@ -281,6 +385,7 @@ class Collector:
             if len(recs):
                 parts.append(recs)
         normalize = self.mode is not CollectorMode.PASSTHROUGH
+        parts += self._parts
         if self._sets:
             parts.append(self._decode_sets(normalize))
         for tmpl, chunks, metas, counts in self._groups.values():
@@ -310,6 +415,7 @@ class Collector:
         self._groups = {}
         self._sets = []
         self._extra = []
+        self._parts = []
         if not parts:
             return np.zeros(0, RECORD_DTYPE)
         # joining bytes is much cheaper than np.concatenate's per-array dtype promotion

@@ -96,11 +96,7 @@ def _templates(col, exp, dom, body, options: bool, t: float) -> None:
         tid, cnt = _SET.unpack_from(body, off)
         off += 4
         if cnt == 0:                               # withdrawal (tid 2/3: all templates)
-            if tid in (2, 3):
-                n = len(dom.templates)
-                dom.templates.clear()
-            else:
-                n = 1 if dom.templates.pop(tid, None) is not None else 0
+            n = col.drop_templates(dom, None if tid in (2, 3) else tid)
             col.templates_total -= n
             exp.stats["template_withdrawals"] += n
             continue

@@ -98,7 +98,7 @@ def install(col, exp, dom, tid: int, fields: list, scope: int, options: bool, t:
     if tmpl.reclen == 0 and tmpl.fixed:
         col.bad_set(exp, "empty_template")
         return
-    dom.templates[tid] = tmpl
+    col.set_template(dom, tid, tmpl)
     if old is None:
         col.templates_total += 1
     exp.stats["templates"] += 1

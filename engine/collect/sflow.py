@@ -1,6 +1,7 @@
 """sFlow v5 datagrams: flow samples (compact and expanded) whose raw packet headers go through the
-fast path's decoder (a small FlowTable, one sample at a time, so one sample gives one record),
-extended switch data (VLANs), counter samples (counted)."""
+fast path's decoder (a small FlowTable, every sample of a batch in one call, each exported as its
+own flow, so one sample gives one record), extended switch data (VLANs), counter samples
+(counted)."""
 from __future__ import annotations
 
 import struct
@@ -18,6 +19,7 @@ _RAW = struct.Struct(">IIII")
 HEADER_LINKTYPE = {1: 1, 11: 101, 12: 101}   # sFlow header_protocol -> pcap link type
 
 MAX_SAMPLES = 4096
+OUTPUT_ROWS = 1024             # records the decoder's table holds before they are taken
 
 
 class SflowDecoder:
@@ -25,12 +27,13 @@ class SflowDecoder:
 
     def __init__(self):
         self.table = FlowTable(max_flows=64, idle_timeout=3600.0, lifetime=3600.0,
-                               features=False)
+                               features=False, output_size=OUTPUT_ROWS)
 
     def decode(self, headers: list) -> tuple[np.ndarray, np.ndarray]:
         """headers: [(bytes, linktype, frame_length)] -> (records, sample index of each record).
-        One sample at a time through the table (process, flush), so samples of the same flow
-        stay separate records; a sample that is not IP gives no record."""
+        Every sample through the table in one call, each exported at once (process_each), so
+        samples of the same flow stay separate records; a sample that is not IP gives no
+        record."""
         n = len(headers)
         meta = np.zeros(n, META_DTYPE)
         lens = np.fromiter((len(h[0]) for h in headers), np.uint32, n)
@@ -41,26 +44,21 @@ class SflowDecoder:
         meta["ts_ns"] = 1_000_000_000 + np.arange(n, dtype=np.uint64) * 1000
         buf = b"".join(h[0] for h in headers)
         table = self.table
-        process, flush = table.process, table.flush
-        index = []
-        parts = []
-        before = table.pending
-        for i in range(n):
-            process(buf, meta, i, i + 1)
-            flush()
-            now = table.pending
-            if now != before:
-                index.append(i)
-                before = now
-                if now >= 1024:
-                    parts.append(table.take())
-                    before = 0
-        if table.pending:
-            parts.append(table.take())
+        rows = np.empty(OUTPUT_ROWS, np.int64)        # the sample of each output row
+        parts, index = [], []
+        done = 0
+        while True:
+            done = table.process_each(buf, meta, done, rows)
+            if table.pending:
+                index.append(rows[:table.pending].copy())
+                parts.append(table.take())
+            if done >= n:
+                break
         if not parts:
             return np.zeros(0, RECORD_DTYPE), np.zeros(0, np.int64)
-        recs = join_records(parts)
-        return recs, np.asarray(index, np.int64)
+        if len(parts) == 1:
+            return parts[0], index[0]
+        return join_records(parts), np.concatenate(index)
 
 
 def parse_sflow(col, exp, data: bytes, t: float) -> None:
